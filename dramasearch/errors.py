@@ -25,5 +25,5 @@ class ModelLoadError(DramaSearchError):
     """A model could not be found or loaded (offline hub, wrong folder, unsupported layout)."""
 
 
-class IndexError_(DramaSearchError):
+class IndexFormatError(DramaSearchError):
     """An index folder is missing, incomplete, or does not match what the caller asked for."""

