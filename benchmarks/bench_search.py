@@ -99,7 +99,8 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / truth.size
 
 
-def bench_one(kind: str, dim: int, corpus: np.ndarray, queries: np.ndarray, truth, args, tmp: Path):
+def bench_one(kind: str, dim: int, corpus: np.ndarray, queries: np.ndarray, args, tmp: Path):
+    """Build, save and search one index; returns its row (recall filled in later) and ids."""
     spec = choose_spec(kind, dim, len(corpus))
 
     def batches():
@@ -110,18 +111,18 @@ def bench_one(kind: str, dim: int, corpus: np.ndarray, queries: np.ndarray, trut
     build_s = time.perf_counter() - t0
     path = tmp / spec.filename
     save_index(index, path)
+    index_bytes = path.stat().st_size
+    path.unlink()
     qps, ids = search_stats(index, queries, args.k, args.repeats)
     row = {
         "kind": kind,
         "dim": dim,
         "params": spec.params,
         "build_s": round(build_s, 3),
-        "index_bytes": path.stat().st_size,
+        "index_bytes": index_bytes,
         "qps": round(qps, 1),
-        f"recall@{args.k}": round(recall_at_k(ids, ids if truth is None else truth), 4),
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }
-    path.unlink()
     return row, ids
 
 
@@ -139,19 +140,20 @@ def markdown(rows: list[dict[str, Any]], k: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     base, queries = split_queries(np.load(args.vectors), args, rng)
     corpus = tile(base, args.n or len(base), rng)
     del base
-    kinds = [k for k in args.kinds.split(",") if k != "flat"]
+    kinds = args.kinds.split(",")
     rows = []
     with tempfile.TemporaryDirectory(dir=args.out.resolve().parent) as tmpdir:
         for dim in parse_dims(args.dims, corpus.shape[1]):
             q = truncate_normalize(queries, dim)
-            exact, truth = bench_one("flat", dim, corpus, q, None, args, Path(tmpdir))  # the reference
-            rows += [exact] if "flat" in args.kinds.split(",") else []
+            flat = bench_one("flat", dim, corpus, q, args, Path(tmpdir))  # exact reference at this dim
             for kind in kinds:
-                rows.append(bench_one(kind, dim, corpus, q, truth, args, Path(tmpdir))[0])
+                row, ids = flat if kind == "flat" else bench_one(kind, dim, corpus, q, args, Path(tmpdir))
+                rows.append({**row, f"recall@{args.k}": round(recall_at_k(ids, flat[1]), 4)})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     meta = {
         "vectors": str(args.vectors),

@@ -262,3 +262,18 @@ def _encode_on_devices(settings: BuildSettings) -> None:
     failed = [d for d, p in zip(settings.devices, processes) if p.exitcode != 0]
     if failed:
         raise IndexFormatError(f"encoding workers failed on devices {failed}; rerun to resume")
+
+
+def add_dims(index_dir: str | Path, dims: Sequence[int], kind: str = "auto") -> list[dict]:
+    """Build FAISS indexes at more dims from the stored full-dim vectors; no re-encoding."""
+    folder = IndexFolder(index_dir)
+    manifest = folder.read_manifest()
+    full = manifest.encoder["dim"]
+    for dim in dims:
+        if not 0 < dim <= full:
+            raise ValueError(f"dim {dim} is outside 1..{full} (the encoder's full dimension)")
+    new = [_build_one(folder, manifest.shards, kind, dim, manifest.documents, manifest.indexes) for dim in dims]
+    kept = [ix for ix in manifest.indexes if ix["file"] not in {n["file"] for n in new}]
+    manifest.indexes = sorted(kept + new, key=lambda ix: (ix["dim"], ix["kind"]))
+    folder.write_manifest(manifest)
+    return new

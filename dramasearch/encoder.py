@@ -115,7 +115,10 @@ class Encoder:
         head, tail = self._special_ids
         room = self.spec.max_length - len(head) - len(tail)
         with self._tokenizer_lock:
-            body = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=room + 1)["input_ids"]
+            # Text is data: a literal "<|end_of_text|>" inside it must not become the special token.
+            body = self.tokenizer(
+                texts, add_special_tokens=False, split_special_tokens=True, truncation=True, max_length=room + 1
+            )["input_ids"]
         truncated = sum(len(ids) > room for ids in body)
         return [[*head, *ids[:room], *tail] for ids in body], truncated
 

@@ -165,3 +165,14 @@ def read_trec_run(path: str | Path) -> Run:
                 raise InputError(path, lineno, "docid", f"{docid!r} is listed twice for query {qid!r}")
             docs[docid] = score
     return run
+
+
+def retrieve(searcher, queries: list, k: int = 100, batch_size: int = 256, **search_kwargs) -> Run:
+    """Run every query through `searcher.batch_search` (a Searcher), as a Run for evaluation."""
+    run: Run = {}
+    for start in range(0, len(queries), batch_size):
+        batch = queries[start : start + batch_size]
+        hits = searcher.batch_search([q.text for q in batch], k, with_fields=False, **search_kwargs)
+        for query, query_hits in zip(batch, hits):
+            run[query.id] = {hit.docid: hit.score for hit in query_hits}
+    return run

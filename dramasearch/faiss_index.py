@@ -6,7 +6,6 @@ components, L2-renormalized, so inner product equals cosine similarity at that d
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import faiss
 import numpy as np
 
 from dramasearch.errors import IndexFormatError
+from dramasearch.fsutil import atomic_path
 from dramasearch.matryoshka import truncate_normalize
 
 KINDS = ("flat", "hnsw", "ivf", "ivfpq", "sq8")
@@ -232,20 +232,8 @@ def apply_search_params(
 
 def save_index(index: faiss.Index, path: str | Path) -> None:
     """Write atomically: readers see the old file or the complete new one, never a partial."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def load_index(path: str | Path, spec: IndexSpec, *, mmap: bool = False) -> faiss.Index:

@@ -104,7 +104,7 @@ def _llama_parts(folder: Path, name: str, max_length: int | None):
         )
     config = llama_config_from_dict(raw)
     model = BidirectionalLlamaModel.from_pretrained(folder, config=config, attn_implementation="sdpa")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, config=config)
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
         raise ModelLoadError(f"{folder}: the tokenizer has no BOS/EOS token, which DRAMA inputs need")
     spec = EncoderSpec(

@@ -1,0 +1,157 @@
+"""Searcher: query text -> encoder -> vector[:dim] -> FAISS top-k -> docstore -> Hits.
+
+Funnel search (`rerank_dim=`) takes candidates from a cheap low-dim index and re-scores them
+with the stored full-dimension vectors, the Matryoshka trick: most of the full-dim quality at
+the low-dim index's cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .encoder import Encoder, EncoderSpec
+from .errors import IndexFormatError
+from .faiss_index import IndexSpec, apply_search_params, load_index
+from .matryoshka import truncate_normalize
+from .models import load_encoder
+from .store import DocStore, IndexFolder
+
+# Fields that must agree between the index's encoder and the one used for queries.
+IDENTITY_FIELDS = ("family", "dim", "pooling", "normalize", "query_prefix", "document_prefix", "wrap_bos_eos", "fingerprint")
+
+
+@dataclass(frozen=True)
+class Hit:
+    docid: str
+    score: float
+    rank: int  # 1-based
+    title: str = ""
+    text: str = ""  # stored fields: empty unless the index was built with --store-text
+
+
+class Searcher:
+    """Top-k search over one index folder; safe to call from several threads at once."""
+
+    def __init__(
+        self,
+        index_dir: str | Path,
+        dim: int | None = None,
+        device: str | None = None,
+        *,
+        encoder: Encoder | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        mmap: bool = False,
+    ):
+        self.folder = IndexFolder(index_dir)
+        self.manifest = self.folder.read_manifest()
+        self.encoder_spec = EncoderSpec.from_dict(self.manifest.encoder)
+        self.encoder = encoder or load_encoder(self.encoder_spec.name, device=device, max_length=self.encoder_spec.max_length)
+        check_encoder(self.encoder.spec, self.encoder_spec, self.folder.root)
+        entry = _pick_index(self.manifest.indexes, dim, self.folder.root)
+        self.index_spec = IndexSpec.from_dict(entry)
+        self.index = load_index(self.folder.root / entry["file"], self.index_spec, mmap=mmap)
+        if nprobe is not None or ef_search is not None:
+            apply_search_params(self.index, self.index_spec, nprobe=nprobe, ef_search=ef_search)
+        self.docstore = DocStore(self.folder, self.manifest.shards)
+        self._vectors: list[np.ndarray] | None = None  # full-dim shards, memory-mapped on first rerank
+
+    @property
+    def dim(self) -> int:
+        return self.index_spec.dim
+
+    def search(self, query: str, k: int = 10, **kwargs) -> list[Hit]:
+        return self.batch_search([query], k, **kwargs)[0]
+
+    def batch_search(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        rerank_dim: int | None = None,
+        candidates: int | None = None,
+        with_fields: bool = True,
+    ) -> list[list[Hit]]:
+        """Top-k hits per query. `rerank_dim` re-scores `candidates` (default max(10k, 100)) at that dim."""
+        if isinstance(queries, str):
+            raise TypeError("batch_search() takes a list of queries; use search() for one")
+        vectors = self.encoder.encode_queries(list(queries), show_progress=False)
+        return self.search_vectors(vectors, k, rerank_dim=rerank_dim, candidates=candidates, with_fields=with_fields)
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        rerank_dim: int | None = None,
+        candidates: int | None = None,
+        with_fields: bool = True,
+    ) -> list[list[Hit]]:
+        """Search with full-dim query vectors (already encoded)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        depth = k if rerank_dim is None else max(candidates or 10 * k, k, 100)
+        scores, rows = self.index.search(truncate_normalize(vectors, self.dim), depth)
+        if rerank_dim is not None:
+            scores, rows = self._rerank(vectors, rows, rerank_dim, k)
+        return [self._hits(s, r, with_fields) for s, r in zip(scores, rows)]
+
+    def _rerank(self, queries: np.ndarray, rows: np.ndarray, dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = truncate_normalize(queries, dim)
+        out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
+        out_rows = np.full((len(rows), k), -1, dtype=np.int64)
+        for i, candidate_rows in enumerate(rows):
+            valid = candidate_rows[candidate_rows >= 0]
+            docs = truncate_normalize(self._gather(valid), dim)
+            scores = docs @ q[i]
+            top = np.argsort(-scores, kind="stable")[:k]
+            out_scores[i, : len(top)], out_rows[i, : len(top)] = scores[top], valid[top]
+        return out_scores, out_rows
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """Full-dim stored vectors of `rows`, read from the memory-mapped fp16 shards."""
+        if self._vectors is None:
+            self._vectors = [self.folder.load_embeddings(s["number"]) for s in self.manifest.shards]
+        size = self.manifest.build["shard_size"]
+        out = np.empty((len(rows), self.encoder_spec.dim), dtype=np.float32)
+        shard_of = rows // size
+        for shard in np.unique(shard_of):
+            where = np.nonzero(shard_of == shard)[0]
+            out[where] = self._vectors[shard][rows[where] % size]
+        return out
+
+    def _hits(self, scores: np.ndarray, rows: np.ndarray, with_fields: bool) -> list[Hit]:
+        hits = []
+        for score, row in zip(scores, rows):
+            if row < 0:  # fewer than k documents
+                break
+            title, text = self.docstore.fields(int(row)) if with_fields else ("", "")
+            hits.append(Hit(self.docstore.ids[row], float(score), len(hits) + 1, title, text))
+        return hits
+
+
+def check_encoder(actual: EncoderSpec, expected: EncoderSpec, where: Path) -> None:
+    """Refuse to query an index with an encoder other than the one that built it."""
+    diffs = [f"{f}: index has {getattr(expected, f)!r}, encoder has {getattr(actual, f)!r}"
+             for f in IDENTITY_FIELDS if getattr(actual, f) != getattr(expected, f)]
+    if diffs:
+        raise IndexFormatError(
+            f"{where} was built with encoder '{expected.name}', which does not match the one given "
+            f"('{actual.name}'): " + "; ".join(diffs)
+        )
+
+
+def _pick_index(indexes: list[dict], dim: int | None, where: Path) -> dict:
+    """The index at `dim`, or the largest dim built when none is asked for."""
+    if not indexes:
+        raise IndexFormatError(f"{where}: the manifest lists no FAISS index")
+    if dim is None:
+        return max(indexes, key=lambda ix: ix["dim"])
+    for entry in indexes:
+        if entry["dim"] == dim:
+            return entry
+    built = sorted(ix["dim"] for ix in indexes)
+    raise IndexFormatError(f"{where}: no index at dim {dim}; built dims: {built} (add one with `dramasearch add-dim`)")
