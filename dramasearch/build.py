@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from .corpus import CorpusStats, Document, iter_documents
-from .encoder import Encoder
+from .encoder import DTYPES, Encoder
 from .errors import IndexFormatError
 from .faiss_index import build_index as build_faiss, choose_spec, save_index
 from .fsutil import atomic_write_bytes
@@ -49,6 +49,7 @@ class BuildSettings:
     text_field: str | None = None
     shard: tuple[int, int] | None = None  # (I, N): encode only shards j with j % N == I
     devices: tuple[str, ...] = ()  # one worker per device; empty: the default device
+    dtype: str = "auto"  # a key of encoder.DTYPES
     show_progress: bool = True
 
     def content_key(self, encoder: Encoder) -> dict:
@@ -96,7 +97,9 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
     """Encode what is missing, then build every requested FAISS index and write the manifest last."""
     if len(settings.devices) > 1 and encoder is None:
         _encode_on_devices(settings)
-    encoder = encoder or load_encoder(settings.model, device=_first(settings.devices), max_length=settings.max_length)
+    encoder = encoder or load_encoder(
+        settings.model, device=_first(settings.devices), dtype=DTYPES[settings.dtype], max_length=settings.max_length
+    )
     folder = IndexFolder(settings.output)
     _check_build_file(folder, settings, encoder)
     report = BuildReport(output=settings.output)

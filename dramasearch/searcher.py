@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from .encoder import Encoder, EncoderSpec
 from .errors import IndexFormatError
@@ -42,6 +43,7 @@ class Searcher:
         device: str | None = None,
         *,
         encoder: Encoder | None = None,
+        dtype: torch.dtype | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
         mmap: bool = False,
@@ -49,7 +51,9 @@ class Searcher:
         self.folder = IndexFolder(index_dir)
         self.manifest = self.folder.read_manifest()
         self.encoder_spec = EncoderSpec.from_dict(self.manifest.encoder)
-        self.encoder = encoder or load_encoder(self.encoder_spec.name, device=device, max_length=self.encoder_spec.max_length)
+        self.encoder = encoder or load_encoder(
+            self.encoder_spec.name, device=device, dtype=dtype, max_length=self.encoder_spec.max_length
+        )
         check_encoder(self.encoder.spec, self.encoder_spec, self.folder.root)
         entry = _pick_index(self.manifest.indexes, dim, self.folder.root)
         self.index_spec = IndexSpec.from_dict(entry)

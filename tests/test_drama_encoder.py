@@ -97,7 +97,7 @@ def hub_style_checkpoint(checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def enc(checkpoint):
-    return load_encoder(str(checkpoint), device="cpu")
+    return load_encoder(str(checkpoint), device="cpu", dtype=torch.float32)
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +164,7 @@ def test_query_and_document_of_same_text_differ(enc):
 
 def test_hub_style_config_loads_identically_without_remote_code(enc, hub_style_checkpoint):
     """model_type "drama" + auto_map is read natively; the trap modeling_drama.py never runs."""
-    hub_enc = load_encoder(str(hub_style_checkpoint), device="cpu")
+    hub_enc = load_encoder(str(hub_style_checkpoint), device="cpu", dtype=torch.float32)
     assert type(hub_enc.model) is type(enc.model)
     texts = DOCUMENTS + LONG_DOCS
     assert _max_diff(hub_enc.encode_documents(texts), enc.encode_documents(texts)) < TOL
@@ -257,7 +257,7 @@ def test_matryoshka_rejects_bad_dim(enc, dim):
 
 
 def test_max_length_truncation_keeps_eos_and_counts_cuts(checkpoint, raw_tokenizer):
-    short_enc = load_encoder(str(checkpoint), device="cpu", max_length=16)
+    short_enc = load_encoder(str(checkpoint), device="cpu", dtype=torch.float32, max_length=16)
     exact = "hello" + " hello" * 13  # exactly 14 body tokens: fills the 16 slots without a cut
     assert len(raw_tokenizer.encode(exact, add_special_tokens=False).ids) == 14
     ids, truncated = short_enc.tokenize_counting([LONG_DOCS[0], "short text", exact])
