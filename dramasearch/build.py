@@ -78,14 +78,13 @@ class BuildReport:
     complete: bool = False  # False after a `--shard I/N` run: another run assembles the index
 
     def summary(self) -> str:
-        rate = self.documents and len(self.shards_encoded) and self.encode_seconds
         lines = [
             f"{self.output}: {self.documents} documents in {self.shards_total} shards "
             f"({len(self.shards_encoded)} encoded, {self.shards_reused} reused)",
             f"  empty documents: {self.empty}; truncated to the model's max length: {self.truncated}",
         ]
-        if rate:
-            lines.append(f"  encoding: {self.encode_seconds:.1f}s")
+        if self.encode_seconds:
+            lines.append(f"  encoding: {self.encode_seconds:.1f}s, {self.tokens / self.encode_seconds:,.0f} tokens/s")
         for ix in self.indexes:
             lines.append(f"  index dim {ix['dim']} {ix['kind']}: {ix['file']} ({ix['bytes']:,} bytes)")
         if not self.complete:

@@ -152,6 +152,9 @@ def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, dt
 
 
 def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars drown the CLI's own output
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

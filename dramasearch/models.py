@@ -51,6 +51,8 @@ def load_encoder(
 ) -> Encoder:
     """Load an encoder by alias (`drama-base`, `minilm`), hub id, or local folder."""
     folder = resolve_model_folder(name_or_path)
+    if name_or_path not in ALIASES and Path(name_or_path).expanduser().is_dir():
+        name_or_path = str(Path(name_or_path).expanduser().resolve())  # manifests must find it from any cwd
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     if (folder / "modules.json").is_file():

