@@ -33,21 +33,22 @@ def aggregate(
     - `sum`: the sum of its retrieved chunks' scores.
 
     Ties are broken by doc id (ascending) so runs are reproducible; `best` always points at the
-    document's highest-scoring chunk (the earliest position among equal scores). Returns the top `k`.
+    document's highest-scoring chunk (the earliest position among equal scores). Each chunk is
+    expected once in the input, as one top-k search returns it. Returns the top `k`.
     """
     if how not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {how!r}")
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if not len(scores) == len(parents) == len(chunk_index):
+    values = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+    if not len(values) == len(parents) == len(chunk_index):
         raise ValueError(
-            f"scores, parents and chunk_index must have one entry per chunk, got {len(scores)}, "
+            f"scores, parents and chunk_index must have one entry per chunk, got {len(values)}, "
             f"{len(parents)} and {len(chunk_index)}"
         )
     best: dict[str, int] = {}
     total: dict[str, float] = {}
     first: dict[str, float] = {}
-    for pos, (docid, score, index) in enumerate(zip(parents, scores.tolist(), chunk_index)):
-        if docid not in best or score > scores[best[docid]]:
+    for pos, (docid, score, index) in enumerate(zip(parents, values, chunk_index)):
+        if docid not in best or score > values[best[docid]]:
             best[docid] = pos
         total[docid] = total.get(docid, 0.0) + score
         if index == 0:
@@ -55,12 +56,12 @@ def aggregate(
 
     def key(docid: str) -> tuple[int, float, str]:
         if how == "maxp":
-            return 0, -scores[best[docid]], docid
+            return 0, -values[best[docid]], docid
         if how == "sum":
             return 0, -total[docid], docid
         if docid in first:
             return 0, -first[docid], docid
-        return 1, -scores[best[docid]], docid
+        return 1, -values[best[docid]], docid
 
     ranked = sorted(best, key=key)[: max(k, 0)]
-    return [DocScore(docid=docid, score=float(-key(docid)[1]), best=best[docid]) for docid in ranked]
+    return [DocScore(docid=docid, score=-key(docid)[1], best=best[docid]) for docid in ranked]

@@ -11,7 +11,9 @@ so a window's raw span would start with whitespace. `Chunk.start` skips that lea
 whitespace, so `text[start:end]` is a clean snippet to show or highlight. The price: the
 slice does not always re-tokenize to exactly `token_ids` (its first word loses its leading
 space, and a window that begins or ends inside a word tokenizes that partial word
-differently); `token_ids` are the ground truth of what a chunk contains.
+differently); `token_ids` are the ground truth of what a chunk contains. Tokens that are byte
+pieces of one character (CJK, emoji) all report that character's span, so neighbouring windows
+may share a character at their edge.
 """
 from __future__ import annotations
 

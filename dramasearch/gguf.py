@@ -46,7 +46,7 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
     The folder appears complete or not at all: it is built beside `out_dir` and renamed into place.
     """
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     gguf_file, out_dir = Path(gguf_file), Path(out_dir)
     if not gguf_file.is_file():
@@ -54,23 +54,23 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
     folder, name = gguf_file.parent, gguf_file.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        loaded = LlamaForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        # The Auto class reads the architecture from the GGUF, so a non-Llama file is told apart here.
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"{gguf_file}: transformers cannot read it as a Llama GGUF ({exc})") from exc
-    if loaded.config.model_type != "llama":
-        raise ModelLoadError(f"{gguf_file}: architecture '{loaded.config.model_type}' is not Llama")
+        raise ModelLoadError(f"{gguf_file}: transformers cannot read it as a GGUF model ({exc})") from exc
+    if not isinstance(loaded, LlamaForCausalLM):
+        raise ModelLoadError(f"{gguf_file}: architecture '{loaded.config.model_type}' is not Llama, which DRAMA encoders are")
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
         raise ModelLoadError(f"{gguf_file}: its tokenizer has no BOS/EOS token, which DRAMA-style inputs need")
     raw = loaded.config.to_dict()
     for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
         raw.pop(key, None)
-    # Built on the meta device and given the loaded tensors: no random init, no copy.
+    # Built on the meta device and handed the loaded tensors (no random init, no copy); strict, so
+    # every saved weight comes from the GGUF. Only saved, never run here.
     with torch.device("meta"):
         plain = LlamaForCausalLM(LlamaConfig.from_dict(raw))
     plain.load_state_dict(loaded.state_dict(), strict=True, assign=True)
     del loaded
-    if any(t.is_meta for t in plain.model.state_dict().values()):
-        raise ModelLoadError(f"{gguf_file}: some weights were not in the GGUF state dict")
     with _atomic_dir(out_dir) as tmp:
         plain.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
