@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from .aggregate import AGGREGATIONS
 from .corpus import CorpusStats, Document, iter_documents
 from .encoder import DTYPES, Encoder
 from .errors import IndexFormatError
@@ -29,6 +30,8 @@ from .models import DEFAULT_MODEL, load_encoder
 from .store import IndexFolder, Manifest, ShardInfo
 
 BUILD_FILE = "build.json"
+LONG_DOC_MODES = ("full", "chunk")
+DEFAULT_CHUNK_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -50,15 +53,35 @@ class BuildSettings:
     shard: tuple[int, int] | None = None  # (I, N): encode only shards j with j % N == I
     devices: tuple[str, ...] = ()  # one worker per device; empty: the default device
     dtype: str = "auto"  # a key of encoder.DTYPES
+    long_doc: str = "full"  # "full": one row per document (truncated at max length); "chunk": token windows
+    chunk_tokens: int | None = None  # chunk mode: window length in text tokens (default: min(512, what fits))
+    stride: int = 64  # chunk mode: tokens shared by consecutive windows
+    aggregate: str = "maxp"  # chunk mode: default per-document aggregation at search time
     show_progress: bool = True
 
     def content_key(self, encoder: Encoder) -> dict:
         return {
             "encoder": encoder.spec.to_dict(),
+            "dtype": str(encoder.dtype).removeprefix("torch."),
             "shard_size": self.shard_size,
             "store_text": self.store_text,
             "fields": [self.id_field, self.title_field, self.text_field],
+            "long_doc": self.long_doc,
+            "chunk_tokens": self.window(encoder) if self.long_doc == "chunk" else None,
+            "stride": self.stride if self.long_doc == "chunk" else None,
         }
+
+    def window(self, encoder: Encoder) -> int:
+        return self.chunk_tokens or min(DEFAULT_CHUNK_TOKENS, encoder.room(encoder.document_prefix_ids))
+
+    def check(self) -> None:
+        """Reject contradictory settings before any model is loaded."""
+        if self.long_doc not in LONG_DOC_MODES:
+            raise ValueError(f"long_doc must be one of {LONG_DOC_MODES}, got {self.long_doc!r}")
+        if self.aggregate not in AGGREGATIONS:
+            raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {self.aggregate!r}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
 
 
 @dataclass
@@ -94,7 +117,10 @@ class BuildReport:
 
 def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> BuildReport:
     """Encode what is missing, then build every requested FAISS index and write the manifest last."""
-    if len(settings.devices) > 1 and encoder is None:
+    settings.check()
+    if len(settings.devices) > 1:
+        if encoder is not None:
+            raise ValueError("several devices need one model load per worker; pass no encoder with devices")
         _encode_on_devices(settings)
     encoder = encoder or load_encoder(
         settings.model, device=_first(settings.devices), dtype=DTYPES[settings.dtype], max_length=settings.max_length
@@ -114,10 +140,10 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
     _remove_stale_shards(folder, len(shards))
     dims = settings.dims or (encoder.dim,)
     previous = folder.read_manifest().indexes if folder.has_manifest() else []
-    indexes = [_build_one(folder, shards, settings.index_kind, dim, report.documents, previous) for dim in dims]
+    indexes = [_build_one(folder, shards, settings.index_kind, dim, previous) for dim in dims]
     manifest = Manifest(
         encoder=encoder.spec.to_dict(),
-        build=settings.content_key(encoder) | {"corpus": settings.corpus},
+        build=settings.content_key(encoder) | {"corpus": settings.corpus, "aggregate": settings.aggregate},
         shards=shards,
         indexes=indexes,
         documents=report.documents,
@@ -207,19 +233,32 @@ def _encode_shards(folder: IndexFolder, settings: BuildSettings, encoder: Encode
 
 
 def _encode_one(folder, encoder: Encoder, settings: BuildSettings, number: int, docs, digest: str) -> ShardInfo:
-    token_ids, truncated = encoder.tokenize_counting([d.content() for d in docs], encoder.spec.document_prefix)
+    contents = [d.content() for d in docs]
+    if settings.long_doc == "chunk":
+        windows = encoder.windows(contents, settings.window(encoder), settings.stride)
+        rows = [(doc, chunk) for doc, chunks in zip(docs, windows) for chunk in chunks]
+        token_ids = [encoder.frame(chunk.token_ids, encoder.document_prefix_ids) for _, chunk in rows]
+        spans = [(chunk.index, chunk.start, chunk.end) for _, chunk in rows]
+        passages = [(doc.title, doc.content()[chunk.start : chunk.end]) for doc, chunk in rows]
+        truncated = 0
+    else:
+        rows = [(doc, None) for doc in docs]
+        token_ids, truncated = encoder.tokenize_counting(contents, encoder.spec.document_prefix)
+        spans = None
+        passages = [(d.title, d.text) for d in docs]
     vectors = encoder.encode_ids(token_ids, batch_tokens=settings.batch_tokens, show_progress=settings.show_progress)
     info = ShardInfo(
         number=number,
-        rows=len(docs),
+        rows=len(rows),
+        documents=len(docs),
         content_sha256=digest,
         emb_sha256="",
-        empty=sum(1 for d in docs if not d.content().strip()),
+        empty=sum(1 for c in contents if not c.strip()),
         truncated=truncated,
         tokens=sum(len(ids) for ids in token_ids),
     )
-    fields = [(d.title, d.text) if settings.store_text else ("", "") for d in docs]
-    return folder.write_shard(info, vectors, [d.id for d in docs], fields)
+    fields = passages if settings.store_text else [("", "")] * len(rows)
+    return folder.write_shard(info, vectors, [doc.id for doc, _ in rows], fields, spans)
 
 
 def _remove_stale_shards(folder: IndexFolder, count: int) -> None:
@@ -229,7 +268,8 @@ def _remove_stale_shards(folder: IndexFolder, count: int) -> None:
             sidecar.unlink()
 
 
-def _build_one(folder: IndexFolder, shards: list[dict], kind: str, dim: int, rows: int, previous: list[dict]) -> dict:
+def _build_one(folder: IndexFolder, shards: list[dict], kind: str, dim: int, previous: list[dict]) -> dict:
+    rows = sum(s["rows"] for s in shards)
     spec = choose_spec(kind, dim, rows)
     path = folder.faiss_dir / spec.filename
     entry = spec.to_dict() | {"file": f"faiss/{spec.filename}"}
@@ -274,7 +314,7 @@ def add_dims(index_dir: str | Path, dims: Sequence[int], kind: str = "auto") -> 
     for dim in dims:
         if not 0 < dim <= full:
             raise ValueError(f"dim {dim} is outside 1..{full} (the encoder's full dimension)")
-    new = [_build_one(folder, manifest.shards, kind, dim, manifest.documents, manifest.indexes) for dim in dims]
+    new = [_build_one(folder, manifest.shards, kind, dim, manifest.indexes) for dim in dims]
     kept = [ix for ix in manifest.indexes if ix["file"] not in {n["file"] for n in new}]
     manifest.indexes = sorted(kept + new, key=lambda ix: (ix["dim"], ix["kind"]))
     folder.write_manifest(manifest)

@@ -14,6 +14,10 @@ DTYPE_OPTION = click.option(
     "--dtype", default="auto", show_default=True, type=click.Choice(list(DTYPES)),
     help="Model precision; auto = bf16 on CUDA and on CPUs with native bf16, else fp32.",
 )
+AGGREGATE_OPTION = click.option(
+    "--aggregate", type=click.Choice(["maxp", "first", "sum"]), default=None,
+    help="Chunk-mode indexes: document score from its chunks (default: maxp, or the build's choice).",
+)
 
 
 def _int_list(value: str | None) -> tuple[int, ...]:
@@ -58,11 +62,17 @@ def cli() -> None:
 @click.option("--batch-tokens", type=int, default=None, help="Token budget per batch (default: 8192 CPU, 65536 GPU).")
 @click.option("--devices", default=None, help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1.")
 @DTYPE_OPTION
+@click.option("--long-doc", type=click.Choice(["full", "chunk"]), default="full", show_default=True,
+              help="full: one vector per document (cut at max length); chunk: token windows, aggregated per document.")
+@click.option("--chunk-tokens", type=int, default=None, help="Chunk mode: tokens per window (default: min(512, what fits)).")
+@click.option("--stride", type=int, default=64, show_default=True, help="Chunk mode: tokens shared by consecutive windows.")
+@AGGREGATE_OPTION
 @click.option("--id-field", default=None)
 @click.option("--title-field", default=None)
 @click.option("--text-field", default=None)
 def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_text, shard, shard_size,
-                    batch_tokens, devices, dtype, id_field, title_field, text_field) -> None:
+                    batch_tokens, devices, dtype, long_doc, chunk_tokens, stride, aggregate, id_field, title_field,
+                    text_field) -> None:
     """Encode CORPUS (BEIR folder, .jsonl[.gz], .tsv, .parquet, or a folder of .txt/.md) into an index."""
     from .build import BuildSettings, build_index
 
@@ -70,6 +80,7 @@ def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_t
         corpus=corpus, output=output, model=model, dims=_int_list(dims), index_kind=index_kind,
         max_length=max_length, store_text=store_text, shard=_shard(shard), shard_size=shard_size,
         batch_tokens=batch_tokens, devices=tuple(devices.split(",")) if devices else (), dtype=dtype,
+        long_doc=long_doc, chunk_tokens=chunk_tokens, stride=stride, aggregate=aggregate or "maxp",
         id_field=id_field, title_field=title_field, text_field=text_field,
     )
     click.echo(build_index(settings).summary())
@@ -96,12 +107,13 @@ def add_dim_cmd(index_dir, dims, index_kind) -> None:
 @click.option("--rerank-dim", type=int, default=None, help="Re-score candidates with stored vectors at this dim.")
 @click.option("--device", default=None)
 @DTYPE_OPTION
+@AGGREGATE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per hit.")
-def search(index_dir, query, k, dim, rerank_dim, device, dtype, as_json) -> None:
+def search(index_dir, query, k, dim, rerank_dim, device, dtype, aggregate, as_json) -> None:
     """Top-k documents for QUERY."""
     from .searcher import Searcher
 
-    hits = Searcher(index_dir, dim=dim, device=device, dtype=DTYPES[dtype]).search(query, k, rerank_dim=rerank_dim)
+    hits = Searcher(index_dir, dim=dim, device=device, dtype=DTYPES[dtype]).search(query, k, rerank_dim=rerank_dim, aggregate=aggregate)
     for hit in hits:
         if as_json:
             click.echo(json.dumps(asdict(hit), ensure_ascii=False))
@@ -137,7 +149,8 @@ def info(index_dir) -> None:
 @click.option("--run", "run_path", type=click.Path(dir_okay=False), default=None, help="Write a TREC run file.")
 @click.option("--device", default=None)
 @DTYPE_OPTION
-def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, dtype) -> None:
+@AGGREGATE_OPTION
+def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, dtype, aggregate) -> None:
     """nDCG@10, Recall@100 and MRR@10 of an index on queries + qrels (trec_eval semantics)."""
     from .evaluate import evaluate_run, format_metrics, retrieve, write_trec_run
     from .searcher import Searcher
@@ -145,7 +158,7 @@ def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, dt
 
     judged = read_qrels(qrels or queries)
     searcher = Searcher(index_dir, dim=dim, device=device, dtype=DTYPES[dtype])
-    run = retrieve(searcher, read_queries(queries), k, rerank_dim=rerank_dim)
+    run = retrieve(searcher, read_queries(queries), k, rerank_dim=rerank_dim, aggregate=aggregate)
     if run_path:
         write_trec_run(run_path, run)
     click.echo(format_metrics(evaluate_run(run, judged)))

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .batching import token_budget_batches
+from .chunking import Chunk, chunk_documents
 from .matryoshka import truncate_normalize
 
 POOLINGS = ("mean", "cls", "last")
@@ -133,15 +134,40 @@ class Encoder:
         texts = [prefix + t for t in texts]
         if not texts:
             return [], 0
-        head, tail = self._special_ids
-        room = self.spec.max_length - len(head) - len(tail)
+        room = self.room()
         with self._tokenizer_lock:
             # Text is data: a literal "<|end_of_text|>" inside it must not become the special token.
             body = self.tokenizer(
                 texts, add_special_tokens=False, split_special_tokens=True, truncation=True, max_length=room + 1
             )["input_ids"]
         truncated = sum(len(ids) > room for ids in body)
-        return [[*head, *ids[:room], *tail] for ids in body], truncated
+        return [self.frame(ids[:room]) for ids in body], truncated
+
+    def frame(self, body: Sequence[int], prefix_ids: Sequence[int] = ()) -> list[int]:
+        """Special tokens around already-tokenized text (and an optional prefix)."""
+        head, tail = self._special_ids
+        return [*head, *prefix_ids, *body, *tail]
+
+    def room(self, prefix_ids: Sequence[int] = ()) -> int:
+        """How many text tokens fit in max_length besides the special tokens and prefix."""
+        head, tail = self._special_ids
+        return self.spec.max_length - len(head) - len(tail) - len(prefix_ids)
+
+    def windows(self, texts: Sequence[str], chunk_tokens: int, overlap: int) -> list[list[Chunk]]:
+        """Documents as overlapping token windows (chunking.py) that fit max_length once framed."""
+        limit = self.room(self.document_prefix_ids)
+        if chunk_tokens > limit:
+            raise ValueError(
+                f"chunk_tokens={chunk_tokens} does not fit {self.spec.name}'s max length {self.spec.max_length} "
+                f"(at most {limit} text tokens besides special tokens and prefix)"
+            )
+        with self._tokenizer_lock:
+            return chunk_documents(self.tokenizer, texts, chunk_tokens, overlap)
+
+    @functools.cached_property
+    def document_prefix_ids(self) -> list[int]:
+        prefix = self.spec.document_prefix
+        return self.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
 
     @functools.cached_property
     def _special_ids(self) -> tuple[list[int], list[int]]:

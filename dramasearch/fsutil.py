@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -43,3 +45,30 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: Path) -> Iterator[Path]:
+    """Yield an empty folder beside `out_dir`; on success fsync it and swap it into place.
+
+    An existing `out_dir` is moved aside first and deleted after the swap, so readers see the
+    old folder, then (after a brief gap) the new one, never a mix.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    try:
+        yield tmp
+        for path in [tmp, *tmp.rglob("*")]:
+            if path.is_dir():
+                fsync_dir(path)
+            else:
+                with open(path, "rb+") as f:
+                    os.fsync(f.fileno())
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        fsync_dir(out_dir.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -9,16 +9,11 @@ the base `LlamaModel` is saved, because that is the layout of DRAMA checkpoints 
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 from .errors import ModelLoadError
-from .fsutil import fsync_dir
+from .fsutil import atomic_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -71,34 +66,7 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
         plain = LlamaForCausalLM(LlamaConfig.from_dict(raw))
     plain.load_state_dict(loaded.state_dict(), strict=True, assign=True)
     del loaded
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         plain.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return out_dir
-
-
-@contextlib.contextmanager
-def _atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield an empty folder beside `out_dir`; on success fsync it and swap it into place.
-
-    An existing `out_dir` is moved aside first and deleted after the swap, so readers see the
-    old folder, then (after a brief gap) the new one, never a mix.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    try:
-        yield tmp
-        for path in [tmp, *tmp.rglob("*")]:
-            if path.is_dir():
-                fsync_dir(path)
-            else:
-                with open(path, "rb+") as f:
-                    os.fsync(f.fileno())
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        fsync_dir(out_dir.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)

@@ -8,16 +8,12 @@ so they are read with the `json` builder: the same records as the script's confi
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from .errors import DramaSearchError
-from .fsutil import fsync_dir
+from .fsutil import atomic_dir
 
 MLDR_DATASET = "Shitao/MLDR"
 MLDR_LANGUAGES = ("ar", "de", "en", "es", "fr", "hi", "it", "ja", "ko", "pt", "ru", "th", "zh")
@@ -37,7 +33,7 @@ def download_mldr(language: str, out_dir: Path, split: str = "test") -> Path:
     out_dir = Path(out_dir)
     corpus = _load_jsonl(f"mldr-v1.0-{language}/corpus.jsonl.gz")
     queries = _load_jsonl(f"mldr-v1.0-{language}/{split}.jsonl.gz")
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         _write_jsonl(tmp / "corpus.jsonl", ({"docid": r["docid"], "text": r["text"]} for r in corpus))
         _write_jsonl(tmp / "queries.jsonl", queries)
         (tmp / "qrels").mkdir()
@@ -69,30 +65,3 @@ def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-@contextlib.contextmanager
-def _atomic_dir(out_dir: Path) -> Iterator[Path]:
-    """Yield an empty folder beside `out_dir`; on success fsync it and swap it into place.
-
-    An existing `out_dir` is moved aside first and deleted after the swap, so readers see the
-    old folder, then (after a brief gap) the new one, never a mix.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    try:
-        yield tmp
-        for path in [tmp, *tmp.rglob("*")]:
-            if path.is_dir():
-                fsync_dir(path)
-            else:
-                with open(path, "rb+") as f:
-                    os.fsync(f.fileno())
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        fsync_dir(out_dir.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)

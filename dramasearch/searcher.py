@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .aggregate import DocScore, aggregate as aggregate_chunks
 from .encoder import Encoder, EncoderSpec
 from .errors import IndexFormatError
 from .faiss_index import IndexSpec, apply_search_params, load_index
@@ -20,6 +21,7 @@ from .matryoshka import truncate_normalize
 from .models import load_encoder
 from .store import DocStore, IndexFolder
 
+CHUNK_DEPTH = 20  # chunk rows fetched per requested document before aggregating
 # Fields that must agree between the index's encoder and the one used for queries.
 IDENTITY_FIELDS = ("family", "dim", "pooling", "normalize", "query_prefix", "document_prefix", "wrap_bos_eos", "fingerprint")
 
@@ -31,6 +33,11 @@ class Hit:
     rank: int  # 1-based
     title: str = ""
     text: str = ""  # stored fields: empty unless the index was built with --store-text
+    # Chunk-mode indexes: `text` is the document's best-matching passage, which is
+    # content[start:end] of the document's encoded text (title + " " + text); `chunk` is its number.
+    chunk: int | None = None
+    start: int | None = None
+    end: int | None = None
 
 
 class Searcher:
@@ -61,6 +68,8 @@ class Searcher:
         if nprobe is not None or ef_search is not None:
             apply_search_params(self.index, self.index_spec, nprobe=nprobe, ef_search=ef_search)
         self.docstore = DocStore(self.folder, self.manifest.shards)
+        self.chunked = self.docstore.spans is not None
+        self.default_aggregate = self.manifest.build.get("aggregate", "maxp")
         self._vectors: list[np.ndarray] | None = None  # full-dim shards, memory-mapped on first rerank
 
     @property
@@ -77,13 +86,21 @@ class Searcher:
         *,
         rerank_dim: int | None = None,
         candidates: int | None = None,
+        aggregate: str | None = None,
         with_fields: bool = True,
     ) -> list[list[Hit]]:
-        """Top-k hits per query. `rerank_dim` re-scores `candidates` (default max(10k, 100)) at that dim."""
+        """Top-k hits per query.
+
+        `rerank_dim` re-scores `candidates` (default max(10k, 100)) rows at that dim. In a chunk-mode
+        index, chunks are aggregated per document (`aggregate`: maxp, first or sum; default: the
+        build's choice) and each document is returned once, with its best passage.
+        """
         if isinstance(queries, str):
             raise TypeError("batch_search() takes a list of queries; use search() for one")
         vectors = self.encoder.encode_queries(list(queries), show_progress=False)
-        return self.search_vectors(vectors, k, rerank_dim=rerank_dim, candidates=candidates, with_fields=with_fields)
+        return self.search_vectors(
+            vectors, k, rerank_dim=rerank_dim, candidates=candidates, aggregate=aggregate, with_fields=with_fields
+        )
 
     def search_vectors(
         self,
@@ -92,16 +109,52 @@ class Searcher:
         *,
         rerank_dim: int | None = None,
         candidates: int | None = None,
+        aggregate: str | None = None,
         with_fields: bool = True,
     ) -> list[list[Hit]]:
         """Search with full-dim query vectors (already encoded)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         depth = k if rerank_dim is None else max(candidates or 10 * k, k, 100)
+        if not self.chunked:
+            scores, rows = self._rows(vectors, depth, rerank_dim, k)
+            return [self._hits(s, r, with_fields) for s, r in zip(scores, rows)]
+        how = aggregate or self.default_aggregate
+        # Several chunks of one document compete for the same slots: look deeper, and deeper
+        # again for a query whose chunks came from fewer than k documents.
+        depth = min(max(depth, CHUNK_DEPTH * k), self.index.ntotal)
+        results = []
+        for query in vectors:
+            while True:
+                scores, rows = self._rows(query[None], depth, rerank_dim, depth)
+                docs = self._aggregate(scores[0], rows[0], how, k)
+                if len(docs) >= k or depth >= self.index.ntotal:
+                    break
+                depth = min(depth * 4, self.index.ntotal)
+            results.append(self._chunk_hits(docs, rows[0], with_fields))
+        return results
+
+    def _rows(self, vectors: np.ndarray, depth: int, rerank_dim: int | None, keep: int) -> tuple[np.ndarray, np.ndarray]:
         scores, rows = self.index.search(truncate_normalize(vectors, self.dim), depth)
         if rerank_dim is not None:
-            scores, rows = self._rerank(vectors, rows, rerank_dim, k)
-        return [self._hits(s, r, with_fields) for s, r in zip(scores, rows)]
+            scores, rows = self._rerank(vectors, rows, rerank_dim, keep)
+        return scores, rows
+
+    def _aggregate(self, scores: np.ndarray, rows: np.ndarray, how: str, k: int) -> list[DocScore]:
+        valid = rows >= 0
+        scores, rows = scores[valid], rows[valid]
+        parents = [self.docstore.ids[r] for r in rows]
+        return aggregate_chunks(scores, parents, self.docstore.spans[rows, 0], how, k)
+
+    def _chunk_hits(self, docs: list[DocScore], rows: np.ndarray, with_fields: bool) -> list[Hit]:
+        rows = rows[rows >= 0]
+        hits = []
+        for rank, doc in enumerate(docs, start=1):
+            row = int(rows[doc.best])
+            title, text = self.docstore.fields(row) if with_fields else ("", "")
+            chunk, start, end = (int(v) for v in self.docstore.spans[row])
+            hits.append(Hit(doc.docid, doc.score, rank, title, text, chunk, start, end))
+        return hits
 
     def _rerank(self, queries: np.ndarray, rows: np.ndarray, dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = truncate_normalize(queries, dim)
@@ -119,12 +172,11 @@ class Searcher:
         """Full-dim stored vectors of `rows`, read from the memory-mapped fp16 shards."""
         if self._vectors is None:
             self._vectors = [self.folder.load_embeddings(s["number"]) for s in self.manifest.shards]
-        size = self.manifest.build["shard_size"]
         out = np.empty((len(rows), self.encoder_spec.dim), dtype=np.float32)
-        shard_of = rows // size
+        shard_of, local = self.docstore.locate(rows)
         for shard in np.unique(shard_of):
             where = np.nonzero(shard_of == shard)[0]
-            out[where] = self._vectors[shard][rows[where] % size]
+            out[where] = self._vectors[shard][local[where]]
         return out
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray, with_fields: bool) -> list[Hit]:

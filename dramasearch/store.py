@@ -7,6 +7,8 @@ Layout of an index folder:
     shards/00000.ids.msgpack   list of document ids of those rows
     shards/00000.docs.msgpack  concatenated [title, text] records (empty strings without --store-text)
     shards/00000.offsets.npy   uint64 byte offsets of those records (rows + 1), for random access
+    shards/00000.spans.npy     chunk mode only: int64 [rows, 3] = (chunk number, start, end) character
+                               offsets of each chunk in its document's text (title + " " + text)
     shards/00000.json          shard sidecar, written after the four files above: a shard exists
                                only once its sidecar does, which is what makes builds resumable
     faiss/dim256-hnsw.faiss    one FAISS index per (dim, kind)
@@ -39,12 +41,13 @@ class ShardInfo:
     """What a finished shard holds; `content_sha256` detects a changed corpus on resume."""
 
     number: int
-    rows: int
+    rows: int  # one per document, or one per chunk in chunk mode
     content_sha256: str
     emb_sha256: str
     empty: int = 0
     truncated: int = 0
     tokens: int = 0
+    documents: int = 0
 
 
 @dataclass
@@ -117,6 +120,7 @@ class IndexFolder:
         embeddings: np.ndarray,
         ids: Sequence[str],
         fields: Sequence[tuple[str, str]],
+        spans: Sequence[tuple[int, int, int]] | None = None,
     ) -> ShardInfo:
         """Write a shard's files, then its sidecar; returns the info with the embedding checksum."""
         emb = np.ascontiguousarray(embeddings, dtype=np.float16)
@@ -134,6 +138,9 @@ class IndexFolder:
 
         atomic_write(self.shard_path(info.number, ".docs.msgpack"), write_docs)
         atomic_write(self.shard_path(info.number, ".offsets.npy"), lambda f: np.save(f, offsets, allow_pickle=False))
+        if spans is not None:
+            table = np.asarray(spans, dtype=np.int64).reshape(-1, 3)
+            atomic_write(self.shard_path(info.number, ".spans.npy"), lambda f: np.save(f, table, allow_pickle=False))
         info = dataclasses.replace(info, emb_sha256=hashlib.sha256(emb_bytes).hexdigest())
         atomic_write_bytes(self.shard_path(info.number, ".json"), json.dumps(dataclasses.asdict(info)).encode())
         return info
@@ -163,29 +170,41 @@ def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
 
 
 class DocStore:
-    """Row -> (doc id, title, text). Ids live in memory; titles and texts are read on demand.
+    """Row -> (doc id, title, text[, chunk span]). Ids live in memory; titles and texts are read on demand.
 
     Reads use `os.pread`, which has no shared file position, so concurrent searches are safe.
     """
 
     def __init__(self, folder: IndexFolder, shards: Sequence[dict]):
         self.ids: list[str] = []
-        self._starts: list[int] = []
+        starts: list[int] = []
         self._fds: list[int] = []
         self._offsets: list[np.ndarray] = []
+        spans: list[np.ndarray] = []
         for shard in shards:
-            self._starts.append(len(self.ids))
+            starts.append(len(self.ids))
             self.ids.extend(folder.load_ids(shard["number"]))
             self._offsets.append(np.load(folder.shard_path(shard["number"], ".offsets.npy"), mmap_mode="r"))
             self._fds.append(os.open(folder.shard_path(shard["number"], ".docs.msgpack"), os.O_RDONLY))
+            span_path = folder.shard_path(shard["number"], ".spans.npy")
+            if span_path.is_file():
+                spans.append(np.load(span_path, allow_pickle=False))
+        self.starts = np.asarray(starts, dtype=np.int64)
+        # Chunk mode: (chunk number, start, end) per row; None when rows are whole documents.
+        self.spans: np.ndarray | None = np.concatenate(spans) if spans else None
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard position, row within shard) for global row numbers."""
+        shard = np.searchsorted(self.starts, rows, side="right") - 1
+        return shard, rows - self.starts[shard]
+
     def fields(self, row: int) -> tuple[str, str]:
-        """(title, text) of a row; empty strings when the index was built without --store-text."""
-        shard = int(np.searchsorted(self._starts, row, side="right")) - 1
-        local = row - self._starts[shard]
+        """(title, text) of a row (in chunk mode: the chunk's text); empty without --store-text."""
+        shard = int(np.searchsorted(self.starts, row, side="right")) - 1
+        local = row - int(self.starts[shard])
         start, end = int(self._offsets[shard][local]), int(self._offsets[shard][local + 1])
         title, text = msgpack.unpackb(os.pread(self._fds[shard], end - start, start))
         return title, text
