@@ -1,11 +1,22 @@
-"""dramasearch: encode with DRAMA, index at Matryoshka dims, search, evaluate."""
-from .build import BuildReport, BuildSettings, add_dims, build_index
-from .encoder import Encoder, EncoderSpec
-from .errors import DramaSearchError, IndexFormatError, InputError, ModelLoadError
-from .models import load_encoder
-from .searcher import Hit, Searcher
+"""dramasearch: encode with DRAMA, index at Matryoshka dims, search, evaluate.
 
-__all__ = [
-    "BuildReport", "BuildSettings", "DramaSearchError", "Encoder", "EncoderSpec", "Hit", "IndexFormatError",
-    "InputError", "ModelLoadError", "Searcher", "add_dims", "build_index", "load_encoder",
-]
+Exports load on first use, so `dramasearch --help` or `info` do not pay for importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "BuildReport": "build", "BuildSettings": "build", "add_dims": "build", "build_index": "build",
+    "Encoder": "encoder", "EncoderSpec": "encoder",
+    "DramaSearchError": "errors", "IndexFormatError": "errors", "InputError": "errors", "ModelLoadError": "errors",
+    "load_encoder": "models",
+    "Hit": "searcher", "Searcher": "searcher",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dramasearch' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

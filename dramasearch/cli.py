@@ -7,17 +7,24 @@ from dataclasses import asdict
 
 import click
 
-from .encoder import DTYPES
 from .errors import DramaSearchError
 
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # encoder.DTYPES, named here so --help needs no torch import
+
 DTYPE_OPTION = click.option(
-    "--dtype", default="auto", show_default=True, type=click.Choice(list(DTYPES)),
+    "--dtype", default="auto", show_default=True, type=click.Choice(DTYPES),
     help="Model precision; auto = bf16 on CUDA and on CPUs with native bf16, else fp32.",
 )
 AGGREGATE_OPTION = click.option(
     "--aggregate", type=click.Choice(["maxp", "first", "sum"]), default=None,
     help="Chunk-mode indexes: document score from its chunks (default: maxp, or the build's choice).",
 )
+
+
+def _dtype(name: str):
+    from .encoder import DTYPES as TORCH_DTYPES
+
+    return TORCH_DTYPES[name]
 
 
 def _int_list(value: str | None) -> tuple[int, ...]:
@@ -113,7 +120,7 @@ def search(index_dir, query, k, dim, rerank_dim, device, dtype, aggregate, as_js
     """Top-k documents for QUERY."""
     from .searcher import Searcher
 
-    hits = Searcher(index_dir, dim=dim, device=device, dtype=DTYPES[dtype]).search(query, k, rerank_dim=rerank_dim, aggregate=aggregate)
+    hits = Searcher(index_dir, dim=dim, device=device, dtype=_dtype(dtype)).search(query, k, rerank_dim=rerank_dim, aggregate=aggregate)
     for hit in hits:
         if as_json:
             click.echo(json.dumps(asdict(hit), ensure_ascii=False))
@@ -157,7 +164,7 @@ def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, dt
     from .topics import read_qrels, read_queries
 
     judged = read_qrels(qrels or queries)
-    searcher = Searcher(index_dir, dim=dim, device=device, dtype=DTYPES[dtype])
+    searcher = Searcher(index_dir, dim=dim, device=device, dtype=_dtype(dtype))
     run = retrieve(searcher, read_queries(queries), k, rerank_dim=rerank_dim, aggregate=aggregate)
     if run_path:
         write_trec_run(run_path, run)
