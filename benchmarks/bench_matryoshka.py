@@ -5,7 +5,8 @@ file's bytes, and QPS. Funnel rows take `candidates` (100, 200) from a low-dim i
 and re-score them with the stored full-dim vectors (`rerank_dim=384`; those fp16 shards are
 reported as "rerank bytes"). Queries are encoded once at full dim; every row then calls
 `Searcher.search_vectors(vectors, k, with_fields=False)` on all queries in one batch, so QPS is
-search only (truncation, FAISS, rerank, hit objects), median of `--repeats`, rows interleaved.
+search only (truncation, FAISS, rerank, hit objects), median of `--repeats`, rows interleaved,
+`gc.collect()` before each timed call (else a periodic full collection lands on one row).
 
 Index, built by the lead:
     dramasearch build-index ../shared/data/scifact -o /tmp/ix/scifact --model minilm --dims 64,128,256,384 --index flat
@@ -15,6 +16,7 @@ Full run:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -76,6 +78,7 @@ def main(argv=None) -> None:
         row.update({m: round(v, 4) for m, v in evaluate_run(run, qrels).metrics.items()})
     for _ in range(args.repeats):
         for row in rows:
+            gc.collect()  # same heap state for every row: a full collection would land on one row only
             start = time.perf_counter()
             search(row)
             row.setdefault("times_s", []).append(time.perf_counter() - start)

@@ -1,6 +1,7 @@
 """Searcher overhead over raw FAISS: `search_vectors` vs `index.search` on the same query vectors.
 
-Variants, timed interleaved, median of `--repeats`, per batch size (1 = one query per call):
+Variants, timed interleaved after `gc.collect()`, median of `--repeats`, per batch size (1 = one
+query per call):
 - raw: `searcher.index.search(truncate_normalize(batch, dim), k)`;
 - search_vectors: `searcher.search_vectors(batch, k)` (truncation, FAISS, Hit objects, ids, fields);
 - search_vectors with_fields=False (no docstore reads).
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -118,6 +120,7 @@ def measure(args) -> None:
             fn(batches[0])
         for _ in range(args.repeats):
             for name, fn in variants.items():
+                gc.collect()  # same heap state for every variant
                 start = time.perf_counter()
                 for batch in batches:
                     fn(batch)

@@ -26,7 +26,7 @@ CHUNK_DEPTH = 20  # chunk rows fetched per requested document before aggregating
 IDENTITY_FIELDS = ("family", "dim", "pooling", "normalize", "query_prefix", "document_prefix", "wrap_bos_eos", "fingerprint")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: frozen __init__ costs ~2x, and hits are built on the hot path
 class Hit:
     docid: str
     score: float
@@ -69,6 +69,7 @@ class Searcher:
             apply_search_params(self.index, self.index_spec, nprobe=nprobe, ef_search=ef_search)
         self.docstore = DocStore(self.folder, self.manifest.shards)
         self.chunked = self.docstore.spans is not None
+        self.stores_text = bool(self.manifest.build.get("store_text"))
         self.default_aggregate = self.manifest.build.get("aggregate", "maxp")
         self._vectors: list[np.ndarray] | None = None  # full-dim shards, memory-mapped on first rerank
 
@@ -151,7 +152,7 @@ class Searcher:
         hits = []
         for rank, doc in enumerate(docs, start=1):
             row = int(rows[doc.best])
-            title, text = self.docstore.fields(row) if with_fields else ("", "")
+            title, text = self.docstore.fields(row) if with_fields and self.stores_text else ("", "")
             chunk, start, end = (int(v) for v in self.docstore.spans[row])
             hits.append(Hit(doc.docid, doc.score, rank, title, text, chunk, start, end))
         return hits
@@ -180,12 +181,13 @@ class Searcher:
         return out
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray, with_fields: bool) -> list[Hit]:
+        ids, fetch = self.docstore.ids, with_fields and self.stores_text
         hits = []
-        for score, row in zip(scores, rows):
+        for rank, (score, row) in enumerate(zip(scores.tolist(), rows.tolist()), start=1):
             if row < 0:  # fewer than k documents
                 break
-            title, text = self.docstore.fields(int(row)) if with_fields else ("", "")
-            hits.append(Hit(self.docstore.ids[row], float(score), len(hits) + 1, title, text))
+            title, text = self.docstore.fields(row) if fetch else ("", "")
+            hits.append(Hit(ids[row], score, rank, title, text))
         return hits
 
 
