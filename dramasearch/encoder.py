@@ -91,6 +91,9 @@ class Encoder:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {spec.pooling!r}")
         self.model = model.to(device=device, dtype=dtype).eval()
         self.tokenizer = tokenizer
+        # Truncation is ours (max_length, or windows in chunk mode): silence the tokenizer's
+        # "sequence longer than the model's maximum" warning for whole long documents.
+        tokenizer.model_max_length = int(1e30)
         self.spec = spec
         self.device = device
         self.dtype = dtype
