@@ -53,18 +53,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import platform
-import re
 import shutil
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import pytrec_eval
 
+from child_process import in_child, reset_peak_rss, vm_kib
 from dramasearch.corpus import iter_documents
 from dramasearch.evaluate import evaluate_run
 from dramasearch.topics import read_qrels, read_queries
@@ -102,31 +100,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- child side (spawned processes)
-
-def vm_kib(field: str) -> int:
-    """A /proc/self/status memory field (VmHWM: peak RSS, VmRSS: current) in KiB."""
-    with open("/proc/self/status", encoding="ascii") as f:
-        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0), so a later VmHWM is one phase's peak."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _child(target, spec: dict, conn) -> None:
-    try:
-        conn.send({"ok": True, **target(spec)})
-    except BaseException:  # noqa: BLE001 - reported to the parent, which stops the run
-        conn.send({"ok": False, "error": traceback.format_exc()})
-    finally:
-        conn.close()
-
 
 def install_eta(encoder, label: str) -> None:
     """Print an ETA after the first batch of the next `encode_ids` call (the build's), then unhook.
@@ -250,24 +223,6 @@ def convert_smollm2(spec: dict) -> dict:
 
 # ---------------------------------------------------------------- parent side
 
-def in_child(target, spec: dict) -> dict:
-    """Run `target(spec)` in a fresh spawned interpreter; return its result dict (raise on failure)."""
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(target, spec, send))
-    process.start()
-    send.close()
-    try:
-        result = receive.recv()
-    except EOFError:
-        result = {"ok": False, "error": "child died without a result (killed? out of memory?)"}
-    process.join()
-    if not result.pop("ok"):
-        where = spec.get("label", target.__name__)
-        raise SystemExit(f"{where} failed (exit code {process.exitcode}):\n{result['error']}")
-    return result
-
-
 def load_subset(args, workdir: Path):
     """Corpus path, kept queries [(id, text)] and their qrels, honouring --limit-docs/--limit-queries."""
     queries, qrels = read_queries(args.data), read_qrels(args.data)
@@ -347,12 +302,12 @@ def main(argv=None) -> None:
         specs = row_specs(args, corpus, queries, workdir)
         if any(s.get("untrained") for s in specs) and not (args.cache / "config.json").is_file():
             print(f"converting SmolLM2 GGUF -> {args.cache} (once)", flush=True)
-            meta["smollm2_conversion"] = in_child(convert_smollm2, {"label": "convert", "cache": str(args.cache)})
+            meta["smollm2_conversion"] = in_child(convert_smollm2, {"label": "convert", "cache": str(args.cache)}, "SmolLM2 conversion")
         rows = []
         for spec in specs:
             print(f"- {spec['label']} ...", flush=True)
             started = time.perf_counter()
-            result = in_child(bm25_row if spec["kind"] == "bm25" else vector_row, spec)
+            result = in_child(bm25_row if spec["kind"] == "bm25" else vector_row, spec, spec.get("label", spec["kind"]))
             wall = time.perf_counter() - started
             for how, run in result.pop("runs").items():
                 label = spec["label"] + ("" if how == "-" else f" {how}")

@@ -33,12 +33,11 @@ import json
 import multiprocessing
 import os
 import platform
-import re
 import statistics
 import time
-import traceback
 from pathlib import Path
 
+from child_process import in_child, reset_peak_rss, vm_kib
 from dramasearch.corpus import iter_documents
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,30 +66,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- child side (spawned processes)
-
-def vm_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0), so a later VmHWM is one phase's peak."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _child(target, spec: dict, conn) -> None:
-    try:
-        conn.send({"ok": True, **target(spec)})
-    except BaseException:  # noqa: BLE001 - reported to the parent, which stops the run
-        conn.send({"ok": False, "error": traceback.format_exc()})
-    finally:
-        conn.close()
-
 
 def measure(spec: dict) -> dict:
     """One (dtype, length): load with max_length=L, encode the L-token document, time the passes."""
@@ -134,23 +109,6 @@ def measure(spec: dict) -> dict:
 
 # ---------------------------------------------------------------- parent side
 
-def in_child(spec: dict) -> dict:
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(measure, spec, send))
-    process.start()
-    send.close()
-    try:
-        result = receive.recv()
-    except EOFError:
-        result = {"ok": False, "error": "child died without a result (killed? out of memory?)"}
-    process.join()
-    if not result.pop("ok"):
-        where = f"{spec['dtype']} L={spec['length']}"
-        raise SystemExit(f"{where} failed (exit code {process.exitcode}):\n{result['error']}")
-    return result
-
-
 def ensure_model(cache: Path) -> None:
     """Convert the SmolLM2 GGUF into `cache` once, in a child so the parent stays small."""
     if (cache / "config.json").is_file():
@@ -192,8 +150,8 @@ def main(argv=None) -> None:
     for dtype in args.dtypes:
         for length in args.lengths:
             print(f"- {dtype} L={length} ...", flush=True)
-            result = in_child({"model": str(args.cache.resolve()), "dtype": dtype, "length": length, "text": text,
-                               "warmup": args.warmup, "repeats": args.repeats})
+            result = in_child(measure, {"model": str(args.cache.resolve()), "dtype": dtype, "length": length, "text": text,
+                               "warmup": args.warmup, "repeats": args.repeats}, f"{dtype} L={length}")
             median = statistics.median(result["seconds"])
             rows.append({"dtype": dtype, "length": length, "s_per_doc": median, "tokens_per_s": length / median,
                          **result})

@@ -22,10 +22,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dramasearch.faiss_index import build_index, choose_spec, save_index  # noqa: E402
-from dramasearch.matryoshka import truncate_normalize  # noqa: E402
+from dramasearch.faiss_index import build_index, choose_spec, save_index
+from dramasearch.matryoshka import truncate_normalize
 
 BLOCK_ROWS = 50_000
 KINDS = ("flat", "hnsw", "ivfpq", "sq8")
