@@ -125,6 +125,8 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
     encoder = encoder or load_encoder(
         settings.model, device=_first(settings.devices), dtype=DTYPES[settings.dtype], max_length=settings.max_length
     )
+    dims = settings.dims or (encoder.dim,)
+    _check_dims(dims, encoder.dim)
     folder = IndexFolder(settings.output)
     _check_build_file(folder, settings, encoder)
     report = BuildReport(output=settings.output)
@@ -138,7 +140,6 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
         )
     shards = [dataclasses.asdict(info) for info in infos]
     _remove_stale_shards(folder, len(shards))
-    dims = settings.dims or (encoder.dim,)
     previous = folder.read_manifest().indexes if folder.has_manifest() else []
     indexes = [_build_one(folder, shards, settings.index_kind, dim, previous) for dim in dims]
     manifest = Manifest(
@@ -152,8 +153,14 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
     )
     folder.write_manifest(manifest)
     report.indexes, report.complete = indexes, True
-    report.truncated = manifest.truncated
     return report
+
+
+def _check_dims(dims: Sequence[int], full: int) -> None:
+    """Fail before any encoding, not after it."""
+    for dim in dims:
+        if not 0 < dim <= full:
+            raise ValueError(f"dim {dim} is outside 1..{full} (the encoder's full dimension)")
 
 
 def _first(devices: Sequence[str]) -> str | None:
@@ -310,10 +317,7 @@ def add_dims(index_dir: str | Path, dims: Sequence[int], kind: str = "auto") -> 
     """Build FAISS indexes at more dims from the stored full-dim vectors; no re-encoding."""
     folder = IndexFolder(index_dir)
     manifest = folder.read_manifest()
-    full = manifest.encoder["dim"]
-    for dim in dims:
-        if not 0 < dim <= full:
-            raise ValueError(f"dim {dim} is outside 1..{full} (the encoder's full dimension)")
+    _check_dims(dims, manifest.encoder["dim"])
     new = [_build_one(folder, manifest.shards, kind, dim, manifest.indexes) for dim in dims]
     kept = [ix for ix in manifest.indexes if ix["file"] not in {n["file"] for n in new}]
     manifest.indexes = sorted(kept + new, key=lambda ix: (ix["dim"], ix["kind"]))
