@@ -67,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sweep", default="4096,8192,16384", help="extra batch_tokens values for the raw encoder")
     p.add_argument("--no-peer-bf16", action="store_true", help="skip the sentence-transformers bf16 peer")
     p.add_argument("--no-rss", action="store_true", help="skip the child-process peak-RSS builds")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd encoders (fp32 and auto)")
     p.add_argument("--out", type=Path, required=True, help="JSON results file")
     return p.parse_args(argv)
 
@@ -157,6 +158,11 @@ def main(argv=None) -> None:
     auto_dtype = DTYPES["auto"]  # None: the library's default for this CPU
     ours = {"fp32": load_encoder(model_path, device="cpu", dtype=torch.float32, max_length=MAX_LENGTH),
             "auto": load_encoder(model_path, device="cpu", dtype=auto_dtype, max_length=MAX_LENGTH)}
+    if args.compile:
+        ours |= {"fp32 compiled": load_encoder(model_path, device="cpu", dtype=torch.float32, max_length=MAX_LENGTH,
+                                               compile=True),
+                 "auto compiled": load_encoder(model_path, device="cpu", dtype=auto_dtype, max_length=MAX_LENGTH,
+                                               compile=True)}
     auto_name = {torch.bfloat16: "bf16", torch.float32: "fp32"}.get(ours["auto"].dtype, str(ours["auto"].dtype))
     peers = {"fp32": SentenceTransformer(model_path, device="cpu")}
     if not args.no_peer_bf16:
@@ -173,11 +179,11 @@ def main(argv=None) -> None:
     configs = [{"name": f"st {d}", "kind": "peer", "dtype": d, "batch": f"bs={PEER_BATCH}", "model": st}
                for d, st in peers.items()]
     for key, enc in ours.items():
-        label = "fp32" if key == "fp32" else f"auto({auto_name})"
+        label = key.replace("auto", f"auto({auto_name})")
         configs += [{"name": f"encode {label} bt={b}{'*' if b == default_bt else ''}", "kind": "encode",
                      "dtype": label, "batch": f"bt={b}", "budget": b, "model": enc} for b in budgets]
         configs.append({"name": f"build {label}", "kind": "build", "dtype": label, "batch": f"bt={default_bt}",
-                        "model": enc, "dtype_key": key})
+                        "model": enc, "dtype_key": key.split()[0]})
 
     def run(cfg):
         if cfg["kind"] == "peer":

@@ -53,6 +53,7 @@ class BuildSettings:
     shard: tuple[int, int] | None = None  # (I, N): encode only shards j with j % N == I
     devices: tuple[str, ...] = ()  # one worker per device; empty: the default device
     dtype: str = "auto"  # a key of encoder.DTYPES
+    compile: bool = False  # torch.compile the backbone: faster on big corpora, slow to start
     long_doc: str = "full"  # "full": one row per document (truncated at max length); "chunk": token windows
     chunk_tokens: int | None = None  # chunk mode: window length in text tokens (default: min(512, what fits))
     stride: int = 64  # chunk mode: tokens shared by consecutive windows
@@ -123,7 +124,8 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
             raise ValueError("several devices need one model load per worker; pass no encoder with devices")
         _encode_on_devices(settings)
     encoder = encoder or load_encoder(
-        settings.model, device=_first(settings.devices), dtype=DTYPES[settings.dtype], max_length=settings.max_length
+        settings.model, device=_first(settings.devices), dtype=DTYPES[settings.dtype], max_length=settings.max_length,
+        compile=settings.compile,
     )
     dims = settings.dims or (encoder.dim,)
     _check_dims(dims, encoder.dim)

@@ -69,6 +69,8 @@ def cli() -> None:
 @click.option("--batch-tokens", type=int, default=None, help="Token budget per batch (default: 8192 CPU, 65536 GPU).")
 @click.option("--devices", default=None, help="Comma-separated devices, one worker each, e.g. cuda:0,cuda:1.")
 @DTYPE_OPTION
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch.compile the model: ~20% faster encoding after a warm-up of tens of seconds.")
 @click.option("--long-doc", type=click.Choice(["full", "chunk"]), default="full", show_default=True,
               help="full: one vector per document (cut at max length); chunk: token windows, aggregated per document.")
 @click.option("--chunk-tokens", type=int, default=None, help="Chunk mode: tokens per window (default: min(512, what fits)).")
@@ -78,7 +80,7 @@ def cli() -> None:
 @click.option("--title-field", default=None)
 @click.option("--text-field", default=None)
 def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_text, shard, shard_size,
-                    batch_tokens, devices, dtype, long_doc, chunk_tokens, stride, aggregate, id_field, title_field,
+                    batch_tokens, devices, dtype, compile_model, long_doc, chunk_tokens, stride, aggregate, id_field, title_field,
                     text_field) -> None:
     """Encode CORPUS (BEIR folder, .jsonl[.gz], .tsv, .parquet, or a folder of .txt/.md) into an index."""
     from .build import BuildSettings, build_index
@@ -87,6 +89,7 @@ def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_t
         corpus=corpus, output=output, model=model, dims=_int_list(dims), index_kind=index_kind,
         max_length=max_length, store_text=store_text, shard=_shard(shard), shard_size=shard_size,
         batch_tokens=batch_tokens, devices=tuple(devices.split(",")) if devices else (), dtype=dtype,
+        compile=compile_model,
         long_doc=long_doc, chunk_tokens=chunk_tokens, stride=stride, aggregate=aggregate or "maxp",
         id_field=id_field, title_field=title_field, text_field=text_field,
     )
