@@ -141,8 +141,8 @@ def _run_main(args: list[str], monkeypatch, capsys, encoder) -> tuple[int, str, 
     """
     from dramasearch import build, cli
 
-    def load(name, device=None, dtype=None, max_length=None):
-        assert (name, dtype, max_length) == ("minilm", torch.float32, None), (name, dtype, max_length)
+    def load(name, device=None, dtype=None, max_length=None, compile=False):
+        assert (name, dtype, max_length, compile) == ("minilm", torch.float32, None, False), (name, dtype, max_length)
         return encoder
 
     monkeypatch.setattr(build, "load_encoder", load)
