@@ -151,7 +151,7 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
         indexes=indexes,
         documents=report.documents,
         empty=report.empty,
-        truncated=sum(s["truncated"] for s in shards),
+        truncated=report.truncated,
     )
     folder.write_manifest(manifest)
     report.indexes, report.complete = indexes, True

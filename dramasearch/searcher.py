@@ -77,6 +77,17 @@ class Searcher:
     def dim(self) -> int:
         return self.index_spec.dim
 
+    def close(self) -> None:
+        """Release the docstore's open files (also on leaving a `with Searcher(...)` block)."""
+        self.docstore.close()
+        self._vectors = None
+
+    def __enter__(self) -> "Searcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def search(self, query: str, k: int = 10, **kwargs) -> list[Hit]:
         return self.batch_search([query], k, **kwargs)[0]
 

@@ -212,4 +212,4 @@ class DocStore:
     def close(self) -> None:
         for fd in self._fds:
             os.close(fd)
-        self._fds = []
+        self._fds, self._offsets = [], []  # the memory-mapped offsets hold file handles too

@@ -11,6 +11,7 @@ a copy, so each model forward pass over the corpus happens as few times as possi
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import re
@@ -457,3 +458,12 @@ def test_dims_beyond_the_model_fail_before_any_encoding(minilm, corpus, tmp_path
     with pytest.raises(ValueError, match="dim 999 is outside 1..384"):
         build_index(settings, encoder=minilm)
     assert not (tmp_path / "ix").exists()
+
+
+def test_searcher_as_context_manager_releases_its_files(baseline, minilm):
+    before = len(os.listdir("/proc/self/fd"))
+    with Searcher(baseline[0].output, encoder=minilm) as s:
+        assert s.search("information retrieval", k=1)
+        assert len(os.listdir("/proc/self/fd")) > before
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
