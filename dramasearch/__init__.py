@@ -7,7 +7,9 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "BuildReport": "build", "BuildSettings": "build", "add_dims": "build", "build_index": "build",
+    "BuildReport": "index.build", "BuildSettings": "index.build", "build_index": "index.build",
+    "add_dims": "index.updates", "add_documents": "index.updates", "compact": "index.updates",
+    "delete_documents": "index.updates", "refresh": "index.refresh", "import_vectors": "index.vectors",
     "Encoder": "encoder", "EncoderSpec": "encoder",
     "DramaSearchError": "errors", "IndexFormatError": "errors", "InputError": "errors", "ModelLoadError": "errors",
     "load_encoder": "models",

@@ -1,4 +1,4 @@
-"""The `dramasearch` command: a thin layer over the library (build, search, info, evaluate)."""
+"""The `dramasearch` command: a thin layer over the library (build, update, search, info, evaluate)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,10 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")  # encoder.DTYPES, named here so --hel
 DTYPE_OPTION = click.option(
     "--dtype", default="auto", show_default=True, type=click.Choice(DTYPES),
     help="Model precision; auto = bf16 on CUDA and on CPUs with native bf16, else fp32.",
+)
+MODEL_OVERRIDE = click.option(
+    "--model", default=None,
+    help="Load the index's encoder from here (e.g. after moving the index); its fingerprint must match.",
 )
 AGGREGATE_OPTION = click.option(
     "--aggregate", type=click.Choice(["maxp", "first", "sum"]), default=None,
@@ -83,7 +87,7 @@ def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_t
                     batch_tokens, devices, dtype, compile_model, long_doc, chunk_tokens, stride, aggregate, id_field, title_field,
                     text_field) -> None:
     """Encode CORPUS (BEIR folder, .jsonl[.gz], .tsv, .parquet, or a folder of .txt/.md) into an index."""
-    from .build import BuildSettings, build_index
+    from .index.build import BuildSettings, build_index
 
     settings = BuildSettings(
         corpus=corpus, output=output, model=model, dims=_int_list(dims), index_kind=index_kind,
@@ -103,10 +107,10 @@ def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_t
               type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq", "sq8"]))
 def add_dim_cmd(index_dir, dims, index_kind) -> None:
     """Build FAISS indexes at more Matryoshka dims from the stored vectors (no re-encoding)."""
-    from .build import add_dims
+    from .index.updates import add_dims
 
     for ix in add_dims(index_dir, _int_list(dims), index_kind):
-        click.echo(f"dim {ix['dim']} {ix['kind']}: {ix['file']} ({ix['bytes']:,} bytes)")
+        click.echo(f"dim {ix['dim']} {ix['kind']}: {ix['bytes']:,} bytes")
 
 
 @cli.command()
@@ -116,14 +120,17 @@ def add_dim_cmd(index_dir, dims, index_kind) -> None:
 @click.option("--dim", type=int, default=None, help="Which index dim to search (default: the largest built).")
 @click.option("--rerank-dim", type=int, default=None, help="Re-score candidates with stored vectors at this dim.")
 @click.option("--device", default=None)
+@MODEL_OVERRIDE
+@click.option("--generation", type=int, default=None, help="Search this generation instead of the newest.")
 @DTYPE_OPTION
 @AGGREGATE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per hit.")
-def search(index_dir, query, k, dim, rerank_dim, device, dtype, aggregate, as_json) -> None:
+def search(index_dir, query, k, dim, rerank_dim, device, model, generation, dtype, aggregate, as_json) -> None:
     """Top-k documents for QUERY."""
     from .searcher import Searcher
 
-    hits = Searcher(index_dir, dim=dim, device=device, dtype=_dtype(dtype)).search(query, k, rerank_dim=rerank_dim, aggregate=aggregate)
+    with Searcher(index_dir, dim=dim, device=device, model=model, dtype=_dtype(dtype), generation=generation) as searcher:
+        hits = searcher.search(query, k, rerank_dim=rerank_dim, aggregate=aggregate)
     for hit in hits:
         if as_json:
             click.echo(json.dumps(asdict(hit), ensure_ascii=False))
@@ -135,17 +142,141 @@ def search(index_dir, query, k, dim, rerank_dim, device, dtype, aggregate, as_js
 @cli.command()
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 def info(index_dir) -> None:
-    """What an index holds: encoder, documents, shards, FAISS indexes."""
-    from .store import IndexFolder
+    """What an index holds: generation, encoder, segments, live rows, tombstones, FAISS indexes."""
+    from .index.generation import IndexDir
 
-    m = IndexFolder(index_dir).read_manifest()
-    e = m.encoder
-    click.echo(f"encoder: {e['name']} ({e['family']}, dim {e['dim']}, max length {e['max_length']}, "
-               f"pooling {e['pooling']}, query prefix {e['query_prefix']!r}, fingerprint {e['fingerprint']})")
-    click.echo(f"corpus: {m.build.get('corpus')}: {m.documents} documents ({m.empty} empty, {m.truncated} truncated) "
-               f"in {len(m.shards)} shards")
-    for ix in m.indexes:
-        click.echo(f"index: dim {ix['dim']} {ix['kind']} {ix['params']} {ix['file']} ({ix['bytes']:,} bytes)")
+    g = IndexDir(index_dir).read()
+    e = g.encoder
+    click.echo(f"generation: {g.generation} ({g.operation}, {g.created})")
+    click.echo(f"encoder: {e['name'] or '(none: imported vectors)'} ({e['family']}, dim {e['dim']}, max length "
+               f"{e['max_length']}, pooling {e['pooling']}, normalize {e['normalize']}, query prefix "
+               f"{e['query_prefix']!r}, fingerprint {e['fingerprint']})")
+    live_docs, live_rows = g.documents, g.rows
+    deleted = sum(s["deleted"] for s in g.segments)
+    click.echo(f"documents: {live_docs} live, {deleted} deleted (tombstones); rows: {live_rows} live "
+               f"in {len(g.segments)} segments")
+    for s in g.segments:
+        click.echo(f"segment: {s['name']} keys {s['base']}..{s['base'] + s['rows'] - 1}: {s['documents']} documents, "
+                   f"{s['rows']} rows, {s['deleted']} deleted")
+    for ix in g.indexes:
+        size = sum(s["faiss"][f"dim{ix['dim']}-{ix['kind']}"]["bytes"] for s in g.segments)
+        click.echo(f"index: dim {ix['dim']} {ix['kind']} ({size:,} bytes)")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("corpus", type=click.Path(exists=True))
+@click.option("--upsert", is_flag=True, help="Replace documents whose ids are already in the index.")
+@MODEL_OVERRIDE
+@click.option("--shard-size", type=int, default=10_000, show_default=True, help="Documents per shard file.")
+@DTYPE_OPTION
+@click.option("--id-field", default=None)
+@click.option("--title-field", default=None)
+@click.option("--text-field", default=None)
+def add(index_dir, corpus, upsert, model, shard_size, dtype, id_field, title_field, text_field) -> None:
+    """Add the documents of CORPUS as a new segment (one commit; rerun to resume after a crash)."""
+    from .index.updates import add_documents
+
+    click.echo(add_documents(index_dir, corpus, upsert=upsert, model=model, shard_size=shard_size, dtype=dtype,
+                             id_field=id_field, title_field=title_field, text_field=text_field).summary())
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--ids", default=None, help="Comma-separated document ids.")
+@click.option("--ids-file", type=click.Path(exists=True, dir_okay=False), default=None, help="One id per line.")
+def delete(index_dir, ids, ids_file) -> None:
+    """Delete documents by id (tombstones: gone from searches of the new generation at once)."""
+    from .index.updates import delete_documents
+
+    docids = [d for d in (ids or "").split(",") if d]
+    if ids_file:
+        docids += [line.rstrip("\r\n") for line in open(ids_file, encoding="utf-8") if line.strip()]
+    if not docids:
+        raise click.UsageError("give the ids to delete with --ids a,b or --ids-file FILE")
+    click.echo(delete_documents(index_dir, docids).summary())
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+def compact(index_dir) -> None:
+    """Rewrite the live rows into one segment without tombstones and rebuild FAISS."""
+    from .index.updates import compact as run
+
+    click.echo(run(index_dir).summary())
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", required=True, help="The new encoder: alias, hub id or local folder.")
+@click.option("--corpus", type=click.Path(exists=True), default=None,
+              help="Where the documents' text is, for indexes built without --store-text.")
+@click.option("--max-length", type=int, default=None)
+@click.option("--batch-tokens", type=int, default=None)
+@DTYPE_OPTION
+def refresh(index_dir, model, corpus, max_length, batch_tokens, dtype) -> None:
+    """Re-encode every live document with a new encoder and commit it as one new generation."""
+    from .index.refresh import refresh as run
+
+    click.echo(run(index_dir, model, corpus=corpus, dtype=dtype, max_length=max_length,
+                   batch_tokens=batch_tokens).summary())
+
+
+@cli.command("import-vectors")
+@click.argument("vectors", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(), help="New index folder.")
+@click.option("--ids", "ids_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=".npy input: document ids, one per line (default: row numbers).")
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--vector-column", default="vector", show_default=True)
+@click.option("--model", default=None, help="The encoder that made the vectors, for text search.")
+@click.option("--metric", type=click.Choice(["cosine", "dot"]), default="cosine", show_default=True)
+@click.option("--dims", default=None, help="Matryoshka dims to index (default: full dim).")
+@click.option("--index", "index_kind", default="auto", show_default=True,
+              type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq", "sq8"]))
+def import_vectors_cmd(vectors, output, ids_path, id_column, vector_column, model, metric, dims, index_kind) -> None:
+    """Index existing embeddings (.npy + ids, or .parquet with id and vector columns)."""
+    from .index.vectors import import_vectors
+
+    report = import_vectors(vectors, output, ids=ids_path, id_column=id_column, vector_column=vector_column,
+                            model=model, metric=metric, dims=_int_list(dims), index_kind=index_kind)
+    click.echo(f"{output}: {report.documents} vectors in {report.shards_total} shards "
+               f"({len(report.shards_encoded)} written, {report.shards_reused} reused); committed generation 1")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("docid")
+def get(index_dir, docid) -> None:
+    """Print the stored document DOCID as JSON."""
+    from .errors import InputError
+    from .index.snapshot import Snapshot
+
+    snap = Snapshot(index_dir)
+    try:
+        doc = snap.document(docid)
+    finally:
+        snap.close()
+    if doc is None:
+        raise InputError(index_dir, None, "docid", f"no live document with id {docid!r}")
+    click.echo(json.dumps(asdict(doc), ensure_ascii=False))
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+def verify(index_dir) -> None:
+    """Check every file of the newest generation against its recorded checksum."""
+    from .index.snapshot import Snapshot
+
+    snap = Snapshot(index_dir)
+    try:
+        damaged = snap.verify()
+    finally:
+        snap.close()
+    if damaged:
+        raise DramaSearchError("damaged files:\n  " + "\n  ".join(damaged) +
+                               "\nrerun the command that wrote them (build-index resumes and rewrites damaged shards)")
+    click.echo(f"{index_dir}: generation {snap.number}: all files match their checksums")
 
 
 @cli.command()
@@ -158,17 +289,18 @@ def info(index_dir) -> None:
 @click.option("-k", default=100, show_default=True, help="Hits retrieved per query.")
 @click.option("--run", "run_path", type=click.Path(dir_okay=False), default=None, help="Write a TREC run file.")
 @click.option("--device", default=None)
+@MODEL_OVERRIDE
 @DTYPE_OPTION
 @AGGREGATE_OPTION
-def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, dtype, aggregate) -> None:
+def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, model, dtype, aggregate) -> None:
     """nDCG@10, Recall@100 and MRR@10 of an index on queries + qrels (trec_eval semantics)."""
     from .evaluate import evaluate_run, format_metrics, retrieve, write_trec_run
     from .searcher import Searcher
     from .topics import read_qrels, read_queries
 
     judged = read_qrels(qrels or queries)
-    searcher = Searcher(index_dir, dim=dim, device=device, dtype=_dtype(dtype))
-    run = retrieve(searcher, read_queries(queries), k, rerank_dim=rerank_dim, aggregate=aggregate)
+    with Searcher(index_dir, dim=dim, device=device, model=model, dtype=_dtype(dtype)) as searcher:
+        run = retrieve(searcher, read_queries(queries), k, rerank_dim=rerank_dim, aggregate=aggregate)
     if run_path:
         write_trec_run(run_path, run)
     click.echo(format_metrics(evaluate_run(run, judged)))

@@ -1,7 +1,8 @@
 """Streaming corpus readers: turn BEIR folders, jsonl(.gz), tsv, parquet or text folders into Documents.
 
-Corpora can be far larger than memory, so every reader yields one document at a time; only
-the ids seen so far are kept, to report duplicates with both line numbers.
+Corpora can be far larger than memory, so every reader yields one document at a time. Duplicate
+ids are found with 64-bit hashes (idhash.SeenIds, 16 bytes per id), confirmed by re-reading
+the earlier record, and reported with both line numbers.
 """
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .errors import InputError
+from .idhash import SeenIds, check_duplicate
 
 ID_FIELDS = ("_id", "id", "docid", "doc_id")
 TEXT_FIELDS = ("text", "contents", "body")
@@ -68,12 +70,12 @@ def iter_documents(
     if path.is_dir():
         documents = _text_folder_documents(path, _text_files(path))
     elif name.endswith((".jsonl", ".jsonl.gz")):
-        documents = documents_from_records(path, iter_json_objects(path), **fields)
+        documents = documents_from_records(path, lambda: iter_json_objects(path), **fields)
     elif name.endswith(".parquet"):
-        documents = documents_from_records(path, _parquet_records(path), **fields)
+        documents = documents_from_records(path, lambda: _parquet_records(path), **fields)
     elif name.endswith(".tsv"):
         documents = documents_from_records(
-            path, tsv_records(path, header_ids=ID_FIELDS, allow_title=True),
+            path, lambda: tsv_records(path, header_ids=ID_FIELDS, allow_title=True),
             id_fields=("id",), text_fields=("text",), title_fields=("title",),
         )
     else:
@@ -148,7 +150,7 @@ def tsv_records(path: Path, *, header_ids: Iterable[str], allow_title: bool) -> 
 
 def documents_from_records(
     path: Path,
-    records: Iterable[Record],
+    records: Callable[[], Iterable[Record]],
     *,
     id_fields: tuple[str, ...],
     text_fields: tuple[str, ...],
@@ -157,22 +159,25 @@ def documents_from_records(
     """Validate records into Documents.
 
     The first record decides which id and text fields a file uses; the title is optional, so
-    it is looked up in each record.
+    it is looked up in each record. `records()` is called again only to confirm a duplicate.
     """
-    seen: dict[str, int] = {}
+    seen = SeenIds()
     keys: tuple[str, str] | None = None
-    for line_no, record in records:
+
+    def id_on_line(line: int) -> str:
+        return next(record_id(path, n, r, keys[0]) for n, r in records() if n == line)
+
+    for line_no, record in records():
         if keys is None:
             keys = (_pick_field(path, line_no, record, id_fields), _pick_field(path, line_no, record, text_fields))
         id_key, text_key = keys
         title_key = next((name for name in title_fields if record.get(name) is not None), None)
         doc_id = record_id(path, line_no, record, id_key)
-        if doc_id in seen:
+        first = check_duplicate(seen, doc_id, line_no, id_on_line)
+        if first is not None:
             raise InputError(
-                path, line_no, id_key,
-                f"duplicate id {doc_id!r} (first seen on line {seen[doc_id]}); ids must be unique",
+                path, line_no, id_key, f"duplicate id {doc_id!r} (first seen on line {first}); ids must be unique",
             )
-        seen[doc_id] = line_no
         title = _string(path, line_no, record, title_key) if title_key else ""
         yield Document(doc_id, title, _string(path, line_no, record, text_key))
 

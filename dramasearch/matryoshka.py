@@ -20,3 +20,14 @@ def truncate_normalize(vectors: np.ndarray, dim: int | None = None) -> np.ndarra
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     np.divide(x, norms, out=x, where=norms > 0)
     return x
+
+
+def prepare(vectors: np.ndarray, dim: int | None, normalize: bool) -> np.ndarray:
+    """Vectors as an index at `dim` compares them: renormalized truncations (cosine) for models
+    that normalize, plain truncations (dot product) for models trained without a Normalize step."""
+    if normalize:
+        return truncate_normalize(vectors, dim)
+    x = np.asarray(vectors)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array of vectors, got shape {x.shape}")
+    return np.array(x[:, :dim], dtype=np.float32)

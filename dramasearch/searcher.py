@@ -1,4 +1,9 @@
-"""Searcher: query text -> encoder -> vector[:dim] -> FAISS top-k -> docstore -> Hits.
+"""Searcher: query text -> encoder -> vector[:dim] -> FAISS top-k per segment -> merged hits.
+
+A searcher pins one generation of the index (a consistent snapshot). `reopen()` moves to the
+newest generation without a pause: searches in flight finish on the snapshot they started
+with, which is released when its last search returns. `follow=True` checks for new commits
+before a search (at most every `follow_interval` seconds) and reopens by itself.
 
 Funnel search (`rerank_dim=`) takes candidates from a cheap low-dim index and re-scores them
 with the stored full-dimension vectors, the Matryoshka trick: most of the full-dim quality at
@@ -6,22 +11,27 @@ the low-dim index's cost.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .aggregate import DocScore, aggregate as aggregate_chunks
 from .encoder import Encoder, EncoderSpec
-from .errors import IndexFormatError
-from .faiss_index import IndexSpec, apply_search_params, load_index
-from .matryoshka import truncate_normalize
+from .errors import IndexFormatError, ModelLoadError
+from .index.files import FileCache
+from .index.snapshot import Snapshot, StoredDocument
+from .matryoshka import prepare
 from .models import load_encoder
-from .store import DocStore, IndexFolder
 
 CHUNK_DEPTH = 20  # chunk rows fetched per requested document before aggregating
+MAX_CHUNK_DEPTH = 20_000  # chunk mode never deepens past this many rows (or CHUNK_DEPTH * 16 * k)
 # Fields that must agree between the index's encoder and the one used for queries.
 IDENTITY_FIELDS = ("family", "dim", "pooling", "normalize", "query_prefix", "document_prefix", "wrap_bos_eos", "fingerprint")
 
@@ -40,6 +50,12 @@ class Hit:
     end: int | None = None
 
 
+def encoder_spec(raw: dict) -> EncoderSpec:
+    """The EncoderSpec fields of a generation's encoder record (which also holds its source)."""
+    names = {f.name for f in dataclasses.fields(EncoderSpec)}
+    return EncoderSpec.from_dict({k: v for k, v in raw.items() if k in names})
+
+
 class Searcher:
     """Top-k search over one index folder; safe to call from several threads at once."""
 
@@ -50,37 +66,121 @@ class Searcher:
         device: str | None = None,
         *,
         encoder: Encoder | None = None,
+        model: str | None = None,
         dtype: torch.dtype | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
         mmap: bool = False,
+        generation: int | None = None,
+        follow: bool = False,
+        follow_interval: float = 0.5,
     ):
-        self.folder = IndexFolder(index_dir)
-        self.manifest = self.folder.read_manifest()
-        self.encoder_spec = EncoderSpec.from_dict(self.manifest.encoder)
-        self.encoder = encoder or load_encoder(
-            self.encoder_spec.name, device=device, dtype=dtype, max_length=self.encoder_spec.max_length
-        )
-        check_encoder(self.encoder.spec, self.encoder_spec, self.folder.root)
-        entry = _pick_index(self.manifest.indexes, dim, self.folder.root)
-        self.index_spec = IndexSpec.from_dict(entry)
-        self.index = load_index(self.folder.root / entry["file"], self.index_spec, mmap=mmap)
-        if nprobe is not None or ef_search is not None:
-            apply_search_params(self.index, self.index_spec, nprobe=nprobe, ef_search=ef_search)
-        self.docstore = DocStore(self.folder, self.manifest.shards)
-        self.chunked = self.docstore.spans is not None
-        self.stores_text = bool(self.manifest.build.get("store_text"))
-        self.default_aggregate = self.manifest.build.get("aggregate", "maxp")
-        self._vectors: list[np.ndarray] | None = None  # full-dim shards, memory-mapped on first rerank
+        self.root = Path(index_dir)
+        self._cache = FileCache()
+        self._snap = Snapshot(self.root, generation, cache=self._cache)
+        self._users: dict[int, int] = {}
+        self._retired: list[Snapshot] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.follow, self.follow_interval, self._checked = follow and generation is None, follow_interval, time.monotonic()
+        self._requested_dim, self._nprobe, self._ef_search, self._mmap = dim, nprobe, ef_search, mmap
+        self.encoder_spec = encoder_spec(self._snap.generation.encoder)
+        self.encoder = encoder if encoder is not None else self._load_encoder(model, device, dtype)
+        if self.encoder is not None:
+            check_encoder(self.encoder.spec, self.encoder_spec, self.root)
+        self._select_index(self._snap)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        return self._snap.number
 
     @property
     def dim(self) -> int:
-        return self.index_spec.dim
+        return self._entry["dim"]
+
+    def _load_encoder(self, model: str | None, device, dtype) -> Encoder | None:
+        spec = self.encoder_spec
+        if model is None and spec.family == "vectors":
+            return None  # imported vectors without a named encoder: search_vectors only
+        name = model or spec.name
+        try:
+            return load_encoder(name, device=device, dtype=dtype, max_length=spec.max_length)
+        except ModelLoadError as exc:
+            raise ModelLoadError(
+                f"{self.root} was built with encoder '{spec.name}' (fingerprint {spec.fingerprint}), which cannot be "
+                f"loaded here: {exc}. Pass the same model from another place with --model PATH "
+                "(Searcher(..., model=PATH)); its fingerprint must match"
+            ) from None
+
+    def _select_index(self, snap: Snapshot) -> None:
+        self._entry = snap.index_entry(self._requested_dim)
+        self._index_name = f"dim{self._entry['dim']}-{self._entry['kind']}"
+        self.index_kind = self._entry["kind"]
+
+    def reopen(self) -> bool:
+        """Move to the newest generation; returns whether it changed. Searches never pause."""
+        if self._closed:
+            raise IndexFormatError("this Searcher is closed")
+        latest = self._snap.dir.latest()
+        if latest == self._snap.number:
+            return False
+        fresh = Snapshot(self.root, cache=self._cache, previous=self._snap)
+        spec = encoder_spec(fresh.generation.encoder)
+        try:
+            if self.encoder is not None:
+                check_encoder(self.encoder.spec, spec, self.root)
+        except IndexFormatError:
+            fresh.close()
+            raise IndexFormatError(
+                f"{self.root}: generation {fresh.number} was encoded with another model ('{spec.name}'); "
+                "open a new Searcher to use it"
+            ) from None
+        with self._lock:
+            old, self._snap = self._snap, fresh
+            self._select_index(fresh)
+            self._retire(old)
+        return True
+
+    def _retire(self, snap: Snapshot) -> None:
+        if self._users.get(id(snap), 0) == 0:
+            snap.close()
+        else:
+            self._retired.append(snap)
+
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[Snapshot]:
+        if self.follow and time.monotonic() - self._checked > self.follow_interval:
+            self._checked = time.monotonic()
+            with contextlib.suppress(IndexFormatError):
+                self.reopen()
+        with self._lock:
+            if self._closed:
+                raise IndexFormatError("this Searcher is closed")
+            snap = self._snap
+            self._users[id(snap)] = self._users.get(id(snap), 0) + 1
+        try:
+            yield snap
+        finally:
+            with self._lock:
+                self._users[id(snap)] -= 1
+                if self._users[id(snap)] == 0:
+                    del self._users[id(snap)]
+                    if snap in self._retired:
+                        self._retired.remove(snap)
+                        snap.close()
+                    if self._closed and not self._users:
+                        self._cache.close()
 
     def close(self) -> None:
-        """Release the docstore's open files (also on leaving a `with Searcher(...)` block)."""
-        self.docstore.close()
-        self._vectors = None
+        """Release files and the generation pin; searches still running finish first."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._retire(self._snap)
+            if not self._users:
+                self._cache.close()
 
     def __enter__(self) -> "Searcher":
         return self
@@ -88,6 +188,13 @@ class Searcher:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # --- documents -----------------------------------------------------------------------------
+    def doc(self, docid: str) -> StoredDocument | None:
+        """The stored document with this id in the pinned generation (None if absent or deleted)."""
+        with self._use() as snap:
+            return snap.document(docid)
+
+    # --- search --------------------------------------------------------------------------------
     def search(self, query: str, k: int = 10, **kwargs) -> list[Hit]:
         return self.batch_search([query], k, **kwargs)[0]
 
@@ -109,6 +216,9 @@ class Searcher:
         """
         if isinstance(queries, str):
             raise TypeError("batch_search() takes a list of queries; use search() for one")
+        if self.encoder is None:
+            raise ModelLoadError(f"{self.root} holds imported vectors without an encoder: use search_vectors(), "
+                                 "or open it with Searcher(..., model=NAME) / --model NAME")
         vectors = self.encoder.encode_queries(list(queries), show_progress=False)
         return self.search_vectors(
             vectors, k, rerank_dim=rerank_dim, candidates=candidates, aggregate=aggregate, with_fields=with_fields
@@ -124,81 +234,87 @@ class Searcher:
         aggregate: str | None = None,
         with_fields: bool = True,
     ) -> list[list[Hit]]:
-        """Search with full-dim query vectors (already encoded)."""
+        """Search with full-dim query vectors (already encoded). Every list comes from one generation."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        depth = k if rerank_dim is None else max(candidates or 10 * k, k, 100)
-        if not self.chunked:
-            scores, rows = self._rows(vectors, depth, rerank_dim, k)
-            return [self._hits(s, r, with_fields) for s, r in zip(scores, rows)]
-        how = aggregate or self.default_aggregate
-        # Several chunks of one document compete for the same slots: look deeper, and deeper
-        # again for a query whose chunks came from fewer than k documents.
-        depth = min(max(depth, CHUNK_DEPTH * k), self.index.ntotal)
-        results = []
-        for query in vectors:
-            while True:
-                scores, rows = self._rows(query[None], depth, rerank_dim, depth)
-                docs = self._aggregate(scores[0], rows[0], how, k)
-                if len(docs) >= k or depth >= self.index.ntotal:
-                    break
-                depth = min(depth * 4, self.index.ntotal)
-            results.append(self._chunk_hits(docs, rows[0], with_fields))
-        return results
+        with self._use() as snap:
+            vectors = np.asarray(vectors, dtype=np.float32)
+            if vectors.ndim != 2 or vectors.shape[1] != self.encoder_spec.dim:
+                raise ValueError(f"query vectors must have shape (n, {self.encoder_spec.dim}), got {vectors.shape}")
+            live = max(snap.generation.rows, 1)
+            k_rows = min(k, live)
+            depth = k_rows if rerank_dim is None else min(max(candidates or 10 * k, k, 100), live)
+            if not snap.segments or not snap.segments[0].info.chunked:
+                scores, segs, rows = self._rows(snap, vectors, depth, rerank_dim, k_rows)
+                return [self._hits(snap, s, g, r, with_fields) for s, g, r in zip(scores, segs, rows)]
+            how = aggregate or snap.settings.get("aggregate", "maxp")
+            limit = min(live, max(MAX_CHUNK_DEPTH, CHUNK_DEPTH * 16 * k))
+            results = []
+            for query in vectors:
+                d = min(max(depth, CHUNK_DEPTH * k), limit)
+                while True:
+                    scores, segs, rows = self._rows(snap, query[None], d, rerank_dim, d)
+                    docs, parents = self._aggregate(snap, scores[0], segs[0], rows[0], how, k)
+                    if len(docs) >= k or d >= limit:
+                        break
+                    d = min(d * 4, limit)
+                results.append(self._chunk_hits(snap, docs, parents, with_fields))
+            return results
 
-    def _rows(self, vectors: np.ndarray, depth: int, rerank_dim: int | None, keep: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, rows = self.index.search(truncate_normalize(vectors, self.dim), depth)
+    def _rows(self, snap: Snapshot, vectors: np.ndarray, depth: int, rerank_dim: int | None, keep: int):
+        normalize = self.encoder_spec.normalize
+        queries = prepare(vectors, self.dim, normalize)
+        scores, segs, rows = snap.search(queries, depth, self._index_name, self._mmap, self._ef_search, self._nprobe)
         if rerank_dim is not None:
-            scores, rows = self._rerank(vectors, rows, rerank_dim, keep)
-        return scores, rows
+            scores, segs, rows = self._rerank(snap, vectors, segs, rows, rerank_dim, keep)
+        return scores, segs, rows
 
-    def _aggregate(self, scores: np.ndarray, rows: np.ndarray, how: str, k: int) -> list[DocScore]:
-        valid = rows >= 0
-        scores, rows = scores[valid], rows[valid]
-        parents = [self.docstore.ids[r] for r in rows]
-        return aggregate_chunks(scores, parents, self.docstore.spans[rows, 0], how, k)
+    def _rerank(self, snap: Snapshot, queries: np.ndarray, segs: np.ndarray, rows: np.ndarray, dim: int, keep: int):
+        normalize = self.encoder_spec.normalize
+        q = prepare(queries, dim, normalize)
+        out_scores = np.full((len(rows), keep), -np.inf, dtype=np.float32)
+        out_segs = np.full((len(rows), keep), -1, dtype=np.int64)
+        out_rows = np.full((len(rows), keep), -1, dtype=np.int64)
+        for i in range(len(rows)):
+            valid = segs[i] >= 0
+            cand_segs, cand_rows = segs[i][valid], rows[i][valid]
+            vectors = np.empty((len(cand_rows), self.encoder_spec.dim), dtype=np.float32)
+            for s in np.unique(cand_segs):
+                where = np.nonzero(cand_segs == s)[0]
+                vectors[where] = snap.segments[s].vectors(cand_rows[where])
+            scores = prepare(vectors, dim, normalize) @ q[i]
+            top = np.argsort(-scores, kind="stable")[:keep]
+            n = len(top)
+            out_scores[i, :n], out_segs[i, :n], out_rows[i, :n] = scores[top], cand_segs[top], cand_rows[top]
+        return out_scores, out_segs, out_rows
 
-    def _chunk_hits(self, docs: list[DocScore], rows: np.ndarray, with_fields: bool) -> list[Hit]:
-        rows = rows[rows >= 0]
+    def _aggregate(self, snap: Snapshot, scores, segs, rows, how: str, k: int) -> tuple[list[DocScore], list]:
+        valid = segs >= 0
+        scores, segs, rows = scores[valid], segs[valid], rows[valid]
+        infos = [snap.segments[s].row_info(r) for s, r in zip(segs.tolist(), rows.tolist())]
+        parents = [(int(s), info) for s, info in zip(segs.tolist(), infos)]
+        docids = [snap.segments[s].docid(info[0]) for s, info in parents]
+        return aggregate_chunks(scores, docids, [info[1] for _, info in parents], how, k), parents
+
+    def _chunk_hits(self, snap: Snapshot, docs: list[DocScore], parents: list, with_fields: bool) -> list[Hit]:
         hits = []
+        stores_text = with_fields and snap.settings.get("store_text")
         for rank, doc in enumerate(docs, start=1):
-            row = int(rows[doc.best])
-            title, text = self.docstore.fields(row) if with_fields and self.stores_text else ("", "")
-            chunk, start, end = (int(v) for v in self.docstore.spans[row])
-            hits.append(Hit(doc.docid, doc.score, rank, title, text, chunk, start, end))
+            s, (number, chunk, start, end) = parents[doc.best]
+            title, text = snap.segments[s].fields(number) if stores_text else ("", "")
+            passage = (f"{title} {text}".strip() if title else text)[start:end] if stores_text else ""
+            hits.append(Hit(doc.docid, doc.score, rank, title, passage, chunk, start, end))
         return hits
 
-    def _rerank(self, queries: np.ndarray, rows: np.ndarray, dim: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = truncate_normalize(queries, dim)
-        out_scores = np.full((len(rows), k), -np.inf, dtype=np.float32)
-        out_rows = np.full((len(rows), k), -1, dtype=np.int64)
-        for i, candidate_rows in enumerate(rows):
-            valid = candidate_rows[candidate_rows >= 0]
-            docs = truncate_normalize(self._gather(valid), dim)
-            scores = docs @ q[i]
-            top = np.argsort(-scores, kind="stable")[:k]
-            out_scores[i, : len(top)], out_rows[i, : len(top)] = scores[top], valid[top]
-        return out_scores, out_rows
-
-    def _gather(self, rows: np.ndarray) -> np.ndarray:
-        """Full-dim stored vectors of `rows`, read from the memory-mapped fp16 shards."""
-        if self._vectors is None:
-            self._vectors = [self.folder.load_embeddings(s["number"]) for s in self.manifest.shards]
-        out = np.empty((len(rows), self.encoder_spec.dim), dtype=np.float32)
-        shard_of, local = self.docstore.locate(rows)
-        for shard in np.unique(shard_of):
-            where = np.nonzero(shard_of == shard)[0]
-            out[where] = self._vectors[shard][local[where]]
-        return out
-
-    def _hits(self, scores: np.ndarray, rows: np.ndarray, with_fields: bool) -> list[Hit]:
-        ids, fetch = self.docstore.ids, with_fields and self.stores_text
+    def _hits(self, snap: Snapshot, scores: np.ndarray, segs: np.ndarray, rows: np.ndarray, with_fields: bool) -> list[Hit]:
+        fetch = with_fields and snap.settings.get("store_text")
         hits = []
-        for rank, (score, row) in enumerate(zip(scores.tolist(), rows.tolist()), start=1):
-            if row < 0:  # fewer than k documents
+        for rank, (score, s, row) in enumerate(zip(scores.tolist(), segs.tolist(), rows.tolist()), start=1):
+            if s < 0:  # fewer live documents than k
                 break
-            title, text = self.docstore.fields(row) if fetch else ("", "")
-            hits.append(Hit(ids[row], score, rank, title, text))
+            segment = snap.segments[s]
+            title, text = segment.fields(row) if fetch else ("", "")
+            hits.append(Hit(segment.docid(row), score, rank, title, text))
         return hits
 
 
@@ -211,16 +327,3 @@ def check_encoder(actual: EncoderSpec, expected: EncoderSpec, where: Path) -> No
             f"{where} was built with encoder '{expected.name}', which does not match the one given "
             f"('{actual.name}'): " + "; ".join(diffs)
         )
-
-
-def _pick_index(indexes: list[dict], dim: int | None, where: Path) -> dict:
-    """The index at `dim`, or the largest dim built when none is asked for."""
-    if not indexes:
-        raise IndexFormatError(f"{where}: the manifest lists no FAISS index")
-    if dim is None:
-        return max(indexes, key=lambda ix: ix["dim"])
-    for entry in indexes:
-        if entry["dim"] == dim:
-            return entry
-    built = sorted(ix["dim"] for ix in indexes)
-    raise IndexFormatError(f"{where}: no index at dim {dim}; built dims: {built} (add one with `dramasearch add-dim`)")

@@ -23,10 +23,10 @@ def read_queries(path: str | Path) -> list[Query]:
     """Read queries from BEIR/MLDR jsonl(.gz), an id<TAB>text .tsv, or a BEIR folder's queries.jsonl."""
     path = _existing(path, "queries.jsonl")
     if _is_jsonl(path):
-        records = iter_json_objects(path)
+        records = lambda: iter_json_objects(path)
         fields = {"id_fields": QUERY_ID_FIELDS, "text_fields": QUERY_TEXT_FIELDS}
     elif path.name.lower().endswith(".tsv"):
-        records = tsv_records(path, header_ids=QUERY_ID_HEADERS, allow_title=False)
+        records = lambda: tsv_records(path, header_ids=QUERY_ID_HEADERS, allow_title=False)
         fields = {"id_fields": ("id",), "text_fields": ("text",)}
     else:
         raise InputError(path, None, None, "unsupported queries file; use .jsonl, .jsonl.gz, .tsv or a BEIR folder")

@@ -14,9 +14,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from dramasearch.errors import IndexFormatError
-from dramasearch.fsutil import atomic_path
-from dramasearch.matryoshka import truncate_normalize
+from ..errors import IndexFormatError
+from ..fsutil import atomic_path
+from ..matryoshka import prepare
 
 KINDS = ("flat", "hnsw", "ivf", "ivfpq", "sq8")
 
@@ -138,15 +138,16 @@ def choose_spec(kind: str, dim: int, num_vectors: int) -> IndexSpec:
     return IndexSpec(kind=kind, dim=dim, params=params)
 
 
-def _blocks(batches: Callable[[], Iterable[np.ndarray]], dim: int) -> Iterator[np.ndarray]:
-    """Truncated, renormalized float32 blocks of at most BLOCK_ROWS rows."""
+def _blocks(batches: Callable[[], Iterable[np.ndarray]], dim: int, normalize: bool) -> Iterator[np.ndarray]:
+    """Truncated (and, for normalizing models, renormalized) float32 blocks of at most BLOCK_ROWS rows."""
     for batch in batches():
         for start in range(0, len(batch), BLOCK_ROWS):
-            yield truncate_normalize(batch[start : start + BLOCK_ROWS], dim)
+            yield prepare(batch[start : start + BLOCK_ROWS], dim, normalize)
 
 
 def _training_sample(
-    batches: Callable[[], Iterable[np.ndarray]], dim: int, num_vectors: int, train_size: int, seed: int
+    batches: Callable[[], Iterable[np.ndarray]], dim: int, num_vectors: int, train_size: int, seed: int,
+    normalize: bool = True,
 ) -> np.ndarray:
     """Seeded uniform sample of up to train_size rows, streamed: only the sample is held."""
     rng = np.random.default_rng(seed)
@@ -156,7 +157,7 @@ def _training_sample(
     for batch in batches():
         lo, hi = np.searchsorted(wanted, [offset, offset + len(batch)])
         if hi > lo:
-            picked.append(truncate_normalize(np.asarray(batch)[wanted[lo:hi] - offset], dim))
+            picked.append(prepare(np.asarray(batch)[wanted[lo:hi] - offset], dim, normalize))
         offset += len(batch)
     if offset != num_vectors:
         raise ValueError(f"batches() yielded {offset} rows but num_vectors={num_vectors}")
@@ -190,11 +191,13 @@ def build_index(
     use_gpu: bool | None = None,
     train_size: int = DEFAULT_TRAIN_SIZE,
     seed: int = 0,
+    normalize: bool = True,
 ) -> faiss.Index:
     """Build a CPU index at spec.dim from full-dim row blocks, streaming them once or twice.
 
     `batches()` is called once for a training sample (trained kinds only) and once to add,
-    so the corpus never has to fit in memory. Ids are row positions in that order. The
+    so the corpus never has to fit in memory. Ids are row positions in that order. `normalize`
+    False (models trained for dot product) truncates without renormalizing. The
     result is always a CPU index, so it can be saved and searched anywhere.
     """
     index = faiss.index_factory(spec.dim, spec.factory, faiss.METRIC_INNER_PRODUCT)
@@ -204,8 +207,8 @@ def build_index(
     if on_gpu:
         index = _to_gpu(index, spec)
     if not index.is_trained:
-        index.train(_training_sample(batches, spec.dim, num_vectors, train_size, seed))
-    for block in _blocks(batches, spec.dim):
+        index.train(_training_sample(batches, spec.dim, num_vectors, train_size, seed, normalize))
+    for block in _blocks(batches, spec.dim, normalize):
         index.add(block)
     if index.ntotal != num_vectors:
         raise ValueError(f"batches() yielded {index.ntotal} rows but num_vectors={num_vectors}")
@@ -228,6 +231,27 @@ def apply_search_params(
         hnsw.efSearch = spec.params["ef_search"] if ef_search is None else ef_search
     elif ef_search is not None:
         raise ValueError(f"ef_search applies to hnsw, not {spec.kind!r}")
+
+
+def search_params(spec: IndexSpec, selector, k: int, *, ef_search: int | None = None, nprobe: int | None = None):
+    """Per-call FAISS parameters: the live-row selector, and efSearch >= k so HNSW can return k."""
+    kwargs = {} if selector is None else {"sel": selector}
+    if spec.kind == "hnsw":
+        return faiss.SearchParametersHNSW(efSearch=max(ef_search or spec.params["ef_search"], k), **kwargs)
+    if spec.kind in ("ivf", "ivfpq"):
+        return faiss.SearchParametersIVF(nprobe=nprobe or spec.params["nprobe"], **kwargs)
+    return faiss.SearchParameters(**kwargs) if kwargs else None
+
+
+# A trained kind needs enough rows to train on; a small segment (e.g. one `add`) is searched exactly.
+MIN_TRAINED_ROWS = 10_000
+
+
+def segment_spec(kind: str, dim: int, rows: int) -> IndexSpec:
+    """The spec one segment is built with: the index's kind, with params for the segment's size."""
+    if kind in ("ivf", "ivfpq") and rows < MIN_TRAINED_ROWS:
+        kind = "flat"
+    return choose_spec(kind, dim, rows)
 
 
 def save_index(index: faiss.Index, path: str | Path) -> None:

@@ -1,0 +1,253 @@
+"""build-index: stream a corpus into one segment of full-dimension shards, FAISS per dim, generation 1.
+
+The shard files of the build's segment serve three needs:
+- resume: a rerun keeps every shard whose sidecar exists, whose corpus slice hashes the same
+  and whose files have their recorded sizes; at most the shard in flight is redone;
+- sharding: `--shard I/N` (machines) and one worker per device (GPUs) each encode a disjoint
+  set of shards into the same folder; a run without `--shard` assembles and commits;
+- new dims: FAISS indexes are built from the stored vectors, so adding a dim never re-encodes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from ..aggregate import AGGREGATIONS
+from ..corpus import iter_documents
+from ..encoder import DTYPES, Encoder
+from ..errors import IndexFormatError
+from ..models import DEFAULT_MODEL, load_encoder
+from .faiss_index import choose_spec
+from .generation import Generation, IndexDir, _now
+from .segment import read_segment_info, seal_segment
+from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, batched, check_dims, content_sha256, \
+    encode_documents, finish_work, new_ref, read_work, segment_name, start_work
+
+LONG_DOC_MODES = ("full", "chunk")
+DEFAULT_CHUNK_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What a user asks build-index for. `content_key()` names the fields that decide shard contents."""
+
+    corpus: str
+    output: str
+    model: str = DEFAULT_MODEL
+    dims: tuple[int, ...] = ()  # empty: the model's full dimension only
+    index_kind: str = "auto"
+    max_length: int | None = None
+    store_text: bool = False
+    shard_size: int = DEFAULT_SHARD_SIZE
+    batch_tokens: int | None = None
+    id_field: str | None = None
+    title_field: str | None = None
+    text_field: str | None = None
+    shard: tuple[int, int] | None = None  # (I, N): encode only shards j with j % N == I
+    devices: tuple[str, ...] = ()  # one worker per device; empty: the default device
+    dtype: str = "auto"  # a key of encoder.DTYPES
+    compile: bool = False  # torch.compile the backbone: faster on big corpora, slow to start
+    long_doc: str = "full"  # "full": one row per document (truncated at max length); "chunk": token windows
+    chunk_tokens: int | None = None  # chunk mode: window length in text tokens (default: min(512, what fits))
+    stride: int = 64  # chunk mode: tokens shared by consecutive windows
+    aggregate: str = "maxp"  # chunk mode: default per-document aggregation at search time
+    show_progress: bool = True
+
+    def rows(self, encoder: Encoder) -> RowSettings:
+        chunked = self.long_doc == "chunk"
+        return RowSettings(
+            store_text=self.store_text, long_doc=self.long_doc,
+            chunk_tokens=self.window(encoder) if chunked else None, stride=self.stride if chunked else 0,
+            aggregate=self.aggregate, dtype=str(encoder.dtype).removeprefix("torch."),
+        )
+
+    def content_key(self, encoder: Encoder) -> dict:
+        """Everything that decides shard contents: a rerun with another key starts over."""
+        return {"encoder": encoder.spec.to_dict(), "rows": self.rows(encoder).to_dict(), "shard_size": self.shard_size,
+                "fields": [self.id_field, self.title_field, self.text_field]}
+
+    def window(self, encoder: Encoder) -> int:
+        return self.chunk_tokens or min(DEFAULT_CHUNK_TOKENS, encoder.room(encoder.document_prefix_ids))
+
+    def check(self) -> None:
+        """Reject contradictory settings before any model is loaded."""
+        if self.long_doc not in LONG_DOC_MODES:
+            raise ValueError(f"long_doc must be one of {LONG_DOC_MODES}, got {self.long_doc!r}")
+        if self.aggregate not in AGGREGATIONS:
+            raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {self.aggregate!r}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+
+
+@dataclass
+class BuildReport(SegmentReport):
+    """What a build did, for the CLI summary and for tests (e.g. how many shards were re-encoded)."""
+
+    output: str = ""
+    indexes: list[dict] = field(default_factory=list)
+    generation: int | None = None
+    complete: bool = False  # False after a `--shard I/N` run: another run assembles the index
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.output}: {self.documents} documents in {self.shards_total} shards "
+            f"({len(self.shards_encoded)} encoded, {self.shards_reused} reused)",
+            f"  empty documents: {self.empty}; truncated to the model's max length: {self.truncated}",
+        ]
+        if self.encode_seconds:
+            lines.append(f"  encoding: {self.encode_seconds:.1f}s, {self.tokens / self.encode_seconds:,.0f} tokens/s")
+        for ix in self.indexes:
+            lines.append(f"  index dim {ix['dim']} {ix['kind']}: {ix['bytes']:,} bytes")
+        if self.complete:
+            lines.append(f"  committed generation {self.generation}")
+        else:
+            lines.append("  shard slice done: run build-index without --shard to assemble the index")
+        return "\n".join(lines)
+
+
+BUILD_SEGMENT = segment_name(0)
+
+
+def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> BuildReport:
+    """Encode what is missing, then FAISS per dim, then commit generation 1 (the only visible step)."""
+    settings.check()
+    idx = IndexDir(settings.output)
+    idx.create()
+    if len(settings.devices) > 1:
+        if encoder is not None:
+            raise ValueError("several devices need one model load per worker; pass no encoder with devices")
+        _encode_on_devices(settings)
+    encoder = encoder or load_encoder(
+        settings.model, device=_first(settings.devices), dtype=DTYPES[settings.dtype], max_length=settings.max_length,
+        compile=settings.compile,
+    )
+    dims = settings.dims or (encoder.dim,)
+    check_dims(dims, encoder.dim)
+    key = settings.content_key(encoder)
+    report = BuildReport(output=settings.output)
+    latest = idx.latest()
+    if latest is not None:
+        return _rebuild_committed(idx, settings, encoder, key, report, latest)
+    _check_work_key(idx, key)
+    folder = start_work(idx, "build", BUILD_SEGMENT, key)
+    infos = encode_documents(folder, _documents(settings), encoder, settings.rows(encoder), settings.shard_size,
+                             report, owns=_owner(settings.shard), show_progress=settings.show_progress,
+                             batch_tokens=settings.batch_tokens)
+    if settings.shard is not None:
+        return report
+    missing = [n for n, info in enumerate(infos) if info is None]
+    if missing:
+        raise IndexFormatError(f"{idx.root}: shards {missing[:10]} are not encoded yet; finish every --shard I/N run first")
+    with idx.writer():
+        rows = sum(i.rows for i in infos)
+        specs = [{"dim": d, "kind": choose_spec(settings.index_kind, d, rows).kind} for d in dims]
+        info = seal_segment(folder, BUILD_SEGMENT, infos, encoder.dim, settings.long_doc == "chunk")
+        ref = new_ref(folder, info, 0, specs, encoder.spec.normalize)
+        generation = Generation(
+            generation=1, parent=None, operation="build", created=_now(), encoder=encoder.spec.to_dict(),
+            settings=settings.rows(encoder).to_dict() | {"corpus": settings.corpus, "build_key": key},
+            indexes=specs, segments=[dataclasses.asdict(ref)], next_key=info.rows, next_segment=1,
+        )
+        idx.commit(generation)
+        finish_work(idx, BUILD_SEGMENT)
+        idx.collect_garbage()
+    report.indexes = [{"dim": s["dim"], "kind": s["kind"], "bytes": ref.faiss[f"dim{s['dim']}-{s['kind']}"]["bytes"]}
+                      for s in specs]
+    report.generation, report.complete = 1, True
+    return report
+
+
+def _documents(settings: BuildSettings):
+    return iter_documents(settings.corpus, id_field=settings.id_field, title_field=settings.title_field,
+                          text_field=settings.text_field)
+
+
+def _check_work_key(idx: IndexDir, key: dict) -> None:
+    """Refuse to mix shards made with other settings (another model, shard size, fields)."""
+    work = read_work(idx, BUILD_SEGMENT)
+    if work is not None and work["key"] != key:
+        changed = sorted(k for k in key if key[k] != work["key"].get(k))
+        raise IndexFormatError(
+            f"{idx.root} holds a build made with other settings ({', '.join(changed)} differ); "
+            "use a new output folder, or delete this one to rebuild"
+        )
+
+
+def _rebuild_committed(idx: IndexDir, settings: BuildSettings, encoder: Encoder, key: dict, report: BuildReport,
+                       latest: int) -> BuildReport:
+    """A rerun on a committed index: a no-op when nothing changed, else a pointer to the right command."""
+    generation = idx.read(latest)
+    committed = generation.settings.get("build_key")
+    if committed != key:
+        changed = sorted(k for k in key if committed is None or key[k] != committed.get(k))
+        raise IndexFormatError(
+            f"{idx.root} holds a build made with other settings ({', '.join(changed)} differ); "
+            "use a new output folder, or `dramasearch refresh` to re-encode with another model"
+        )
+    if generation.generation != 1 or [s["name"] for s in generation.segments] != [BUILD_SEGMENT]:
+        raise IndexFormatError(f"{idx.root} has changed since it was built (generation {generation.generation}); "
+                               "use `dramasearch add` / `delete` to change documents")
+    sealed = read_segment_info(idx.segments / BUILD_SEGMENT).shard_infos()
+    digests = [content_sha256(docs) for docs in batched(_documents(settings), settings.shard_size)]
+    if digests != [s.content_sha256 for s in sealed]:
+        raise IndexFormatError(f"{idx.root}: the corpus has changed since the index was built; use `dramasearch add "
+                               "--upsert` and `dramasearch delete` for the changes, or build into a new folder")
+    report.shards_total = report.shards_reused = len(sealed)
+    report.documents = sum(s.documents for s in sealed)
+    report.rows = sum(s.rows for s in sealed)
+    report.empty = sum(s.empty for s in sealed)
+    report.truncated = sum(s.truncated for s in sealed)
+    ref = generation.refs()[0]
+    report.indexes = [{"dim": s["dim"], "kind": s["kind"], "bytes": ref.faiss[f"dim{s['dim']}-{s['kind']}"]["bytes"]}
+                      for s in generation.indexes]
+    report.generation, report.complete = generation.generation, True
+    return report
+
+
+def _first(devices: Sequence[str]) -> str | None:
+    return devices[0] if devices else None
+
+
+def _owner(shard: tuple[int, int] | None):
+    if shard is None:
+        return lambda number: True
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise ValueError(f"--shard {index}/{count}: need 0 <= I < N")
+    return lambda number: number % count == index
+
+
+def _encode_on_devices(settings: BuildSettings) -> None:
+    """One worker process per device, each encoding a disjoint, interleaved set of shards."""
+    index, count = settings.shard or (0, 1)
+    workers = len(settings.devices)
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    processes = []
+    for w, device in enumerate(settings.devices):
+        sub = dataclasses.replace(
+            settings, devices=(device,), shard=(index + w * count, count * workers), show_progress=False
+        )
+        processes.append(context.Process(target=_device_worker, args=(sub, errors)))
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join()
+    messages = []
+    while not errors.empty():
+        messages.append(errors.get())
+    failed = [d for d, p in zip(settings.devices, processes) if p.exitcode != 0]
+    if failed:
+        detail = "; ".join(messages) or "a worker died without an error message (out of memory?)"
+        raise IndexFormatError(f"encoding workers failed on devices {failed}: {detail}")
+
+
+def _device_worker(settings: BuildSettings, errors) -> None:
+    """Run one device's share; its error text travels back so the user sees the real cause."""
+    try:
+        build_index(settings)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        errors.put(f"{settings.devices[0]}: {exc}")
+        raise SystemExit(1)

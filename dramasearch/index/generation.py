@@ -1,0 +1,297 @@
+"""Generations: numbered commits over immutable segments, as Lucene's segments_N and Lance's versions.
+
+    INDEX/
+      dramasearch-index.json   what this folder is and its format version (written at creation)
+      generations/00000003.json  a commit: encoder, settings, index specs, segments, tombstones
+      segments/<name>/         immutable segments (segment.py); del-NNNNNNNN.npy tombstones in them
+      readers/00000003.lock    readers hold a shared flock on the generation they pinned
+      work/<name>.json         an operation in progress (resumable; its segment survives cleanup)
+      write.lock               held by the one process that writes
+
+A commit writes the next generation file (temp file, fsync, rename, fsync the folder): that
+rename is the only thing that makes a change visible, so a crash leaves the old generation or
+the new one, never a mix. Old generations and the files only they use are removed once no
+reader holds them. A reader's flock dies with its process (even on kill -9), so a crashed
+reader never pins files forever. Where flock is unavailable (Windows), nothing old is removed.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import IndexFormatError
+from ..fsutil import atomic_write_bytes
+
+try:
+    import fcntl
+except ImportError:  # Windows: no pins, no removal of old generations
+    fcntl = None
+
+FORMAT_VERSION = 2
+MARKER = "dramasearch-index.json"
+OLD_MANIFEST = "manifest.json"  # format 1
+
+
+@dataclass
+class SegmentRef:
+    """A segment as one generation sees it: its key range and its tombstones."""
+
+    name: str
+    base: int  # stable keys: row r of this segment has key base + r, never reused
+    rows: int
+    documents: int
+    deleted: int = 0  # deleted documents
+    deleted_rows: int = 0
+    deletes: dict | None = None  # {"file", "bytes", "sha256"}: sorted int64 deleted rows (cumulative)
+    faiss: dict[str, dict] = field(default_factory=dict)  # "dim256-flat" -> {"file", "bytes", "sha256"}
+
+
+@dataclass
+class Generation:
+    generation: int
+    parent: int | None
+    operation: str
+    created: str
+    encoder: dict  # EncoderSpec fields plus the portable model reference
+    settings: dict  # what decides a row's contents: store_text, long_doc, chunk_tokens, stride, dtype...
+    indexes: list[dict]  # IndexSpec dicts: every segment has one FAISS file per entry
+    segments: list[dict]  # SegmentRef dicts
+    next_key: int = 0
+    next_segment: int = 0
+    format_version: int = FORMAT_VERSION
+
+    def refs(self) -> list[SegmentRef]:
+        return [SegmentRef(**s) for s in self.segments]
+
+    @property
+    def documents(self) -> int:
+        return sum(s["documents"] - s["deleted"] for s in self.segments)
+
+    @property
+    def rows(self) -> int:
+        return sum(s["rows"] - s["deleted_rows"] for s in self.segments)
+
+    @property
+    def dims(self) -> list[int]:
+        return sorted({ix["dim"] for ix in self.indexes})
+
+    def successor(self, operation: str, **changes) -> "Generation":
+        return dataclasses.replace(self, generation=self.generation + 1, parent=self.generation, operation=operation,
+                                   created=_now(), **changes)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def gen_name(number: int) -> str:
+    return f"{number:08d}"
+
+
+class IndexDir:
+    """An index folder: its generations, locks and cleanup."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.generations = self.root / "generations"
+        self.segments = self.root / "segments"
+        self.readers = self.root / "readers"
+        self.work = self.root / "work"
+
+    # --- identity ------------------------------------------------------------------------------
+    def is_index(self) -> bool:
+        return (self.root / MARKER).is_file()
+
+    def check_format(self) -> None:
+        """Refuse folders that are not ours or are of another format, saying what to do."""
+        if (self.root / OLD_MANIFEST).is_file() and not self.is_index():
+            raise IndexFormatError(
+                f"{self.root}: index format 1 (dramasearch 0.1); this version reads format {FORMAT_VERSION} "
+                f"(generations, add/delete). Rebuild it: dramasearch build-index CORPUS -o NEW_FOLDER"
+            )
+        marker = self.root / MARKER
+        if not marker.is_file():
+            raise IndexFormatError(f"{self.root}: not a dramasearch index ({MARKER} is missing)")
+        try:
+            version = json.loads(marker.read_text(encoding="utf-8")).get("format_version")
+        except (OSError, ValueError) as exc:
+            raise IndexFormatError(f"{marker}: unreadable ({exc}); the index is damaged") from None
+        if version != FORMAT_VERSION:
+            raise IndexFormatError(
+                f"{marker}: index format {version}; this version of dramasearch reads format {FORMAT_VERSION}: "
+                "rebuild the index with `dramasearch build-index CORPUS -o NEW_FOLDER`"
+            )
+
+    def create(self) -> None:
+        """Claim a folder for a new index; never one that holds someone else's files."""
+        if self.is_index():
+            self.check_format()
+            return
+        if self.root.exists():
+            if not self.root.is_dir():
+                raise IndexFormatError(f"{self.root}: exists and is not a folder; choose another output path")
+            foreign = sorted(p.name for p in self.root.iterdir())
+            if foreign:
+                if (self.root / OLD_MANIFEST).is_file():
+                    self.check_format()
+                shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                raise IndexFormatError(
+                    f"{self.root}: folder is not empty and is not a dramasearch index (it holds {shown}); "
+                    "choose a new or empty output folder (nothing was written)"
+                )
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.root / MARKER, json.dumps({"format": "dramasearch-index",
+                                                           "format_version": FORMAT_VERSION}).encode())
+
+    # --- generations ---------------------------------------------------------------------------
+    def latest(self) -> int | None:
+        if not self.generations.is_dir():
+            return None
+        numbers = [int(p.stem) for p in self.generations.glob("[0-9]*.json") if p.stem.isdigit()]
+        return max(numbers) if numbers else None
+
+    def read(self, number: int | None = None) -> Generation:
+        self.check_format()
+        if number is None:
+            number = self.latest()
+            if number is None:
+                hint = " (a build started here has not finished: rerun it to resume)" if self.work.is_dir() else ""
+                raise IndexFormatError(f"{self.root}: the index has no committed generation yet{hint}")
+        path = self.generations / f"{gen_name(number)}.json"
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return Generation(**raw)
+        except FileNotFoundError:
+            raise IndexFormatError(f"{path}: generation {number} does not exist (removed or never committed)") from None
+        except (ValueError, TypeError) as exc:
+            raise IndexFormatError(f"{path}: damaged generation file ({exc}); run `dramasearch verify`") from None
+
+    def commit(self, generation: Generation) -> None:
+        """Make `generation` visible: one atomic rename. The caller holds the writer lock."""
+        latest = self.latest()
+        expected = 1 if latest is None else latest + 1
+        if generation.generation != expected:
+            raise IndexFormatError(f"{self.root}: commit of generation {generation.generation} but the next is {expected}")
+        atomic_write_bytes(self.generations / f"{gen_name(generation.generation)}.json",
+                           json.dumps(dataclasses.asdict(generation), indent=1).encode())
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[None]:
+        """The single-writer lock: a second writer fails at once with who holds it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "write.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+                    raise IndexFormatError(f"{self.root}: another process (pid {holder or '?'}) is writing this "
+                                           "index; wait for it to finish") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- readers -------------------------------------------------------------------------------
+    def pin(self, number: int | None = None) -> tuple[Generation, "Pin"]:
+        """Pin a generation (the newest by default) so its files outlive later commits."""
+        for _ in range(100):
+            n = self.latest() if number is None else number
+            if n is None:
+                return self.read(None), Pin(None)  # raises the "no generation" error
+            pin = Pin.acquire(self.readers / f"{gen_name(n)}.lock")
+            if (self.generations / f"{gen_name(n)}.json").is_file():
+                try:
+                    return self.read(n), pin
+                except IndexFormatError:
+                    pin.release()
+                    raise
+            pin.release()
+            if number is not None:
+                raise IndexFormatError(f"{self.root}: generation {number} has been removed")
+        raise IndexFormatError(f"{self.root}: could not pin a generation (commits are racing); retry")
+
+    # --- cleanup -------------------------------------------------------------------------------
+    def collect_garbage(self) -> list[Path]:
+        """Remove generations no reader holds (never the newest), then files no generation uses."""
+        if fcntl is None:
+            return []
+        latest = self.latest()
+        removed: list[Path] = []
+        for path in sorted(self.generations.glob("[0-9]*.json")):
+            if not path.stem.isdigit() or int(path.stem) == latest:
+                continue
+            lock = self.readers / f"{path.stem}.lock"
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # a reader still uses it
+            path.unlink()
+            lock.unlink(missing_ok=True)
+            os.close(fd)
+            removed.append(path)
+        removed += self._remove_unreferenced()
+        return removed
+
+    def _remove_unreferenced(self) -> list[Path]:
+        live: dict[str, set[str]] = {}
+        for path in self.generations.glob("[0-9]*.json"):
+            gen = Generation(**json.loads(path.read_text(encoding="utf-8")))
+            for ref in gen.refs():
+                names = live.setdefault(ref.name, set())
+                names.update(f["file"] for f in ref.faiss.values())
+                if ref.deletes:
+                    names.add(ref.deletes["file"])
+        working = {json.loads(p.read_text(encoding="utf-8")).get("segment") for p in self.work.glob("*.json")} \
+            if self.work.is_dir() else set()
+        removed = []
+        for folder in sorted(self.segments.glob("*")) if self.segments.is_dir() else []:
+            if folder.name in working:
+                continue
+            if folder.name not in live:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+                continue
+            for file in folder.iterdir():
+                optional = file.suffix == ".faiss" or (file.name.startswith("del-") and file.suffix == ".npy")
+                if optional and file.name not in live[folder.name]:
+                    file.unlink(missing_ok=True)
+                    removed.append(file)
+        return removed
+
+
+class Pin:
+    """A shared flock on readers/N.lock: the generation's files stay while it is held."""
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    @classmethod
+    def acquire(cls, path: Path) -> "Pin":
+        if fcntl is None:
+            return cls(None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:  # a read-only index (e.g. a mounted snapshot): nothing removes files there
+            return cls(None)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return cls(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -1,0 +1,326 @@
+"""A segment: the immutable rows that one build, add, compact, refresh or import writes.
+
+    segments/<name>/
+      NNNNN.vec.npy      fp16 [rows, full_dim] vectors
+      NNNNN.ids.bin      document ids, UTF-8, concatenated     NNNNN.ids.off.npy   uint64 [docs + 1]
+      NNNNN.docs.bin     msgpack [title, text] per document    NNNNN.docs.off.npy  uint64 [docs + 1]
+                         (empty strings unless built with --store-text)
+      NNNNN.hash.npy     uint64 [docs]: hash of each document's title and text (refresh checks it)
+      NNNNN.rows.npy     chunk mode: int64 [rows, 4] = (document in shard, chunk, start, end)
+      NNNNN.json         the shard's sidecar, written last: counts, corpus-slice hash, file checksums
+      lookup.npy         sealed: [docs] (id hash, document number) sorted by hash, for docid lookups
+      docrows.npy        sealed: int64 [docs + 1], first row of each document
+      dim256-flat.faiss  one FAISS index per (dim, kind); FAISS id = row number in the segment
+      segment.json       written last when sealed: shards, counts, checksums
+
+A shard is the unit of resumable work (a crash loses at most the shard in flight); a segment is
+the unit of visibility (a generation lists whole segments). Row = document outside chunk mode.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import msgpack
+import numpy as np
+
+from ..errors import IndexFormatError
+from ..fsutil import atomic_write_bytes
+from ..idhash import id_hashes
+from .files import FileCache, file_sha256, load_npy, npy_bytes, npy_header_size, read_npy_rows, sha256_bytes
+
+SEGMENT_FILE = "segment.json"
+LOOKUP = "lookup.npy"
+DOCROWS = "docrows.npy"
+LOOKUP_DTYPE = np.dtype([("hash", "<u8"), ("doc", "<i8")])
+SHARD_FILES = ("vec.npy", "ids.bin", "ids.off.npy", "docs.bin", "docs.off.npy", "hash.npy")
+CHUNK_FILE = "rows.npy"
+
+
+def shard_stem(number: int) -> str:
+    return f"{number:05d}"
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """Identity of a file when written: size, checksum and (for .npy) where the data starts."""
+
+    bytes: int
+    sha256: str
+    header: int = 0
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    number: int
+    rows: int
+    documents: int
+    content_sha256: str  # the corpus slice it was made from ("" for imported vectors)
+    files: dict[str, dict]  # file suffix -> FileInfo fields
+    empty: int = 0
+    truncated: int = 0
+    tokens: int = 0
+
+    def file(self, suffix: str) -> FileInfo:
+        return FileInfo(**self.files[suffix])
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """What an encoder (or an import) produced for one shard, before it is written."""
+
+    vectors: np.ndarray  # [rows, dim]
+    ids: Sequence[str]  # one per document
+    fields: Sequence[tuple[str, str]]  # (title, text) per document, ("", "") when not stored
+    content_hashes: np.ndarray  # uint64 per document
+    chunk_rows: np.ndarray | None = None  # chunk mode: int64 [rows, 4]
+
+
+def write_shard(folder: Path, number: int, data: ShardData, content_sha256: str, **stats: int) -> ShardInfo:
+    """Write a shard's files atomically, then its sidecar: the shard exists once the sidecar does."""
+    id_bytes = [d.encode("utf-8", "surrogatepass") for d in data.ids]
+    doc_bytes = [msgpack.packb(list(f)) for f in data.fields]
+    payloads = {
+        "vec.npy": npy_bytes(np.asarray(data.vectors, dtype=np.float16)),
+        "ids.bin": b"".join(id_bytes),
+        "ids.off.npy": npy_bytes(_offsets(id_bytes)),
+        "docs.bin": b"".join(doc_bytes),
+        "docs.off.npy": npy_bytes(_offsets(doc_bytes)),
+        "hash.npy": npy_bytes(np.asarray(data.content_hashes, dtype=np.uint64)),
+    }
+    if data.chunk_rows is not None:
+        payloads[CHUNK_FILE] = npy_bytes(np.asarray(data.chunk_rows, dtype=np.int64).reshape(-1, 4))
+    files = {}
+    for suffix, payload in payloads.items():
+        atomic_write_bytes(folder / f"{shard_stem(number)}.{suffix}", payload)
+        header = npy_header_size(payload) if suffix.endswith(".npy") else 0
+        files[suffix] = dataclasses.asdict(FileInfo(len(payload), sha256_bytes(payload), header))
+    info = ShardInfo(number=number, rows=len(data.vectors), documents=len(data.ids),
+                     content_sha256=content_sha256, files=files, **stats)
+    atomic_write_bytes(folder / f"{shard_stem(number)}.json", json.dumps(dataclasses.asdict(info)).encode())
+    return info
+
+
+def _offsets(parts: Sequence[bytes]) -> np.ndarray:
+    out = np.zeros(len(parts) + 1, dtype=np.uint64)
+    np.cumsum([len(p) for p in parts], out=out[1:])
+    return out
+
+
+def read_shard_info(folder: Path, number: int) -> ShardInfo | None:
+    """The sidecar of a finished shard, trusted without re-hashing (resume stays cheap)."""
+    path = folder / f"{shard_stem(number)}.json"
+    if not path.is_file():
+        return None
+    try:
+        return ShardInfo(**json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as exc:
+        raise IndexFormatError(f"{path}: damaged shard sidecar ({exc}); delete it and rerun to re-encode the shard")
+
+
+def shard_is_whole(folder: Path, info: ShardInfo) -> bool:
+    """Cheap check used on resume: every file is there with the size its sidecar recorded."""
+    for suffix in info.files:
+        path = folder / f"{shard_stem(info.number)}.{suffix}"
+        if not path.is_file() or path.stat().st_size != info.file(suffix).bytes:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """A sealed segment (segment.json)."""
+
+    name: str
+    rows: int
+    documents: int
+    dim: int  # full dimension of the stored vectors
+    chunked: bool
+    shards: list[dict]  # ShardInfo fields
+    files: dict[str, dict] = field(default_factory=dict)  # lookup.npy, docrows.npy -> FileInfo fields
+
+    def shard_infos(self) -> list[ShardInfo]:
+        return [ShardInfo(**s) for s in self.shards]
+
+
+def seal_segment(folder: Path, name: str, shards: Sequence[ShardInfo], dim: int, chunked: bool) -> SegmentInfo:
+    """Write the docid lookup and document->rows tables, then segment.json."""
+    hashes, doc_rows = [], [np.zeros(1, dtype=np.int64)]
+    row_base = 0
+    for info in shards:
+        hashes.append(id_hashes(_read_ids(folder, info)))
+        if chunked:
+            docs_in_shard = load_npy(folder / f"{shard_stem(info.number)}.{CHUNK_FILE}")[:, 0]
+            counts = np.bincount(docs_in_shard, minlength=info.documents)
+        else:
+            counts = np.ones(info.documents, dtype=np.int64)
+        doc_rows.append(row_base + np.cumsum(counts))
+        row_base += info.rows
+    table = np.empty(sum(len(h) for h in hashes), dtype=LOOKUP_DTYPE)
+    table["hash"] = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
+    table["doc"] = np.arange(len(table), dtype=np.int64)
+    table = table[np.argsort(table["hash"], kind="stable")]
+    files = {}
+    for fname, array in ((LOOKUP, table), (DOCROWS, np.concatenate(doc_rows))):
+        payload = npy_bytes(array)
+        atomic_write_bytes(folder / fname, payload)
+        files[fname] = dataclasses.asdict(FileInfo(len(payload), sha256_bytes(payload), npy_header_size(payload)))
+    info = SegmentInfo(name=name, rows=row_base, documents=len(table), dim=dim, chunked=chunked,
+                       shards=[dataclasses.asdict(s) for s in shards], files=files)
+    atomic_write_bytes(folder / SEGMENT_FILE, json.dumps(dataclasses.asdict(info)).encode())
+    return info
+
+
+def _read_ids(folder: Path, info: ShardInfo) -> list[str]:
+    stem = shard_stem(info.number)
+    data = (folder / f"{stem}.ids.bin").read_bytes()
+    offsets = load_npy(folder / f"{stem}.ids.off.npy")
+    return [data[offsets[i]:offsets[i + 1]].decode("utf-8", "surrogatepass") for i in range(info.documents)]
+
+
+def read_segment_info(folder: Path) -> SegmentInfo:
+    path = folder / SEGMENT_FILE
+    try:
+        return SegmentInfo(**json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise IndexFormatError(f"{path}: missing; the index is damaged: run `dramasearch verify`") from None
+    except (ValueError, TypeError) as exc:
+        raise IndexFormatError(f"{path}: damaged ({exc}); run `dramasearch verify`") from None
+
+
+class Segment:
+    """Reads one sealed segment: ids, stored fields and vectors by row, docid lookups.
+
+    Holds O(shards) numbers in memory; every row read is a pread through the shared cache.
+    """
+
+    def __init__(self, folder: Path, info: SegmentInfo, cache: FileCache):
+        self.folder, self.info, self.cache = folder, info, cache
+        self.shards = info.shard_infos()
+        self.row_starts = np.cumsum([0] + [s.rows for s in self.shards])
+        self.doc_starts = np.cumsum([0] + [s.documents for s in self.shards])
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def _path(self, shard: ShardInfo, suffix: str) -> Path:
+        return self.folder / f"{shard_stem(shard.number)}.{suffix}"
+
+    def _shard_of(self, starts: np.ndarray, position: int) -> int:
+        return int(np.searchsorted(starts, position, side="right")) - 1
+
+    def _span(self, shard: ShardInfo, suffix: str, local: int) -> tuple[int, int]:
+        info = shard.file(suffix)
+        pair = read_npy_rows(self.cache, self._path(shard, suffix), info.header, 8, np.uint64, (), local, 2)
+        return int(pair[0]), int(pair[1])
+
+    def docid(self, doc: int) -> str:
+        s = self._shard_of(self.doc_starts, doc)
+        shard = self.shards[s]
+        start, end = self._span(shard, "ids.off.npy", doc - int(self.doc_starts[s]))
+        return self.cache.pread(self._path(shard, "ids.bin"), end - start, start).decode("utf-8", "surrogatepass")
+
+    def fields(self, doc: int) -> tuple[str, str]:
+        s = self._shard_of(self.doc_starts, doc)
+        shard = self.shards[s]
+        start, end = self._span(shard, "docs.off.npy", doc - int(self.doc_starts[s]))
+        title, text = msgpack.unpackb(self.cache.pread(self._path(shard, "docs.bin"), end - start, start))
+        return title, text
+
+    def content_hash(self, doc: int) -> int:
+        s = self._shard_of(self.doc_starts, doc)
+        shard = self.shards[s]
+        info = shard.file("hash.npy")
+        return int(read_npy_rows(self.cache, self._path(shard, "hash.npy"), info.header, 8, np.uint64, (),
+                                 doc - int(self.doc_starts[s]), 1)[0])
+
+    def row_info(self, row: int) -> tuple[int, int, int, int]:
+        """(document number in the segment, chunk, start, end); chunk fields are 0 outside chunk mode."""
+        if not self.info.chunked:
+            return row, 0, 0, 0
+        s = self._shard_of(self.row_starts, row)
+        shard = self.shards[s]
+        info = shard.file(CHUNK_FILE)
+        local = read_npy_rows(self.cache, self._path(shard, CHUNK_FILE), info.header, 32, np.int64, (4,),
+                              row - int(self.row_starts[s]), 1)[0]
+        return int(local[0] + self.doc_starts[s]), int(local[1]), int(local[2]), int(local[3])
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Stored full-dim vectors of `rows` as float32."""
+        out = np.empty((len(rows), self.info.dim), dtype=np.float32)
+        row_bytes = 2 * self.info.dim
+        for i, row in enumerate(np.asarray(rows).tolist()):
+            s = self._shard_of(self.row_starts, row)
+            shard = self.shards[s]
+            out[i] = read_npy_rows(self.cache, self._path(shard, "vec.npy"), shard.file("vec.npy").header, row_bytes,
+                                   np.float16, (self.info.dim,), row - int(self.row_starts[s]), 1)[0]
+        return out
+
+    def shard_vectors(self, number: int) -> np.ndarray:
+        """One shard's vectors, memory-mapped (for streaming builds; the mapping closes when dropped)."""
+        shard = self.shards[number]
+        return np.load(self._path(shard, "vec.npy"), mmap_mode="r", allow_pickle=False)
+
+    def vector_blocks(self):
+        for number in range(len(self.shards)):
+            yield np.asarray(self.shard_vectors(number))
+
+    def doc_rows(self, doc: int) -> tuple[int, int]:
+        info = self.info.files[DOCROWS]
+        pair = read_npy_rows(self.cache, self.folder / DOCROWS, info["header"], 8, np.int64, (), doc, 2)
+        return int(pair[0]), int(pair[1])
+
+    def lookup_table(self) -> np.ndarray:
+        """The whole (hash, doc) table in memory: 16 bytes per document, for batched lookups."""
+        return load_npy(self.folder / LOOKUP)
+
+    def find(self, docid: str, hash_value: int) -> int | None:
+        """Document number of `docid`, by binary search over lookup.npy with preads."""
+        info = self.info.files[LOOKUP]
+        path, lo, hi = self.folder / LOOKUP, 0, self.info.documents
+        while lo < hi:
+            mid = (lo + hi) // 2
+            entry = read_npy_rows(self.cache, path, info["header"], 16, LOOKUP_DTYPE, (), mid, 1)[0]
+            if int(entry["hash"]) < hash_value:
+                lo = mid + 1
+            else:
+                hi = mid
+        while lo < self.info.documents:
+            entry = read_npy_rows(self.cache, path, info["header"], 16, LOOKUP_DTYPE, (), lo, 1)[0]
+            if int(entry["hash"]) != hash_value:
+                return None
+            if self.docid(int(entry["doc"])) == docid:
+                return int(entry["doc"])
+            lo += 1
+        return None
+
+    def verify(self) -> list[str]:
+        """Full checksums of every file the segment holds; returns the damaged files."""
+        damaged = []
+        for shard in self.shards:
+            for suffix, info in shard.files.items():
+                path = self._path(shard, suffix)
+                if not path.is_file() or path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
+                    damaged.append(str(path))
+        for fname, info in self.info.files.items():
+            path = self.folder / fname
+            if not path.is_file() or path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
+                damaged.append(str(path))
+        return damaged
+
+    def check_sizes(self) -> None:
+        """Cheap open-time check: every file exists with its recorded size."""
+        for shard in self.shards:
+            if not shard_is_whole(self.folder, shard):
+                raise IndexFormatError(
+                    f"{self.folder}: shard {shard_stem(shard.number)} has missing or resized files; the index is "
+                    "damaged: run `dramasearch verify` and rerun the command that wrote it"
+                )
+        for fname, info in self.info.files.items():
+            path = self.folder / fname
+            if not path.is_file() or path.stat().st_size != info["bytes"]:
+                raise IndexFormatError(f"{path}: missing or resized; the index is damaged: run `dramasearch verify`")

@@ -1,0 +1,221 @@
+"""A snapshot: one pinned generation, read through a bounded descriptor cache.
+
+Search, `get`, updates and verification all read an index through a snapshot, so they see one
+generation from start to end. Deletes are applied at search time as a FAISS IDSelectorBitmap
+of live rows per segment (flat, IVF and HNSW all honour it), so k live results come back
+without over-fetching.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from ..errors import IndexFormatError
+from ..idhash import id_hash
+from .faiss_index import IndexSpec, load_index, search_params
+from .files import FileCache, file_sha256, load_npy
+from .generation import IndexDir, SegmentRef
+from .segment import Segment, read_segment_info
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    docid: str
+    title: str
+    text: str  # empty unless the index stores text
+    segment: str
+    key: int  # stable key of the document's first row
+
+
+class Snapshot:
+    """The segments of one generation, their tombstones and (on demand) their FAISS indexes."""
+
+    def __init__(self, root: str | Path, generation: int | None = None, *, cache: FileCache | None = None,
+                 previous: "Snapshot | None" = None, check: bool = True):
+        self.dir = IndexDir(root)
+        self.generation, self._pin = self.dir.pin(generation)
+        self.cache = cache or FileCache()
+        self.refs: list[SegmentRef] = self.generation.refs()
+        reuse = {s.name: s for s in previous.segments} if previous else {}
+        self.segments = [reuse.get(r.name) or Segment(self.dir.segments / r.name,
+                                                      read_segment_info(self.dir.segments / r.name), self.cache)
+                         for r in self.refs]
+        if check:
+            for segment, ref in zip(self.segments, self.refs):
+                if segment.info.rows != ref.rows or segment.info.documents != ref.documents:
+                    raise IndexFormatError(f"{segment.folder}: segment.json does not match generation "
+                                           f"{self.generation.generation}; the index is damaged: run `dramasearch verify`")
+                segment.check_sizes()
+        self._deleted: dict[int, np.ndarray] = {}
+        self._selectors: dict[int, tuple] = {}
+        self._faiss: dict[tuple[int, str], faiss.Index] = {}
+        self._previous_faiss = previous._faiss_by_file() if previous else {}
+        self._lock = threading.Lock()
+
+    @property
+    def number(self) -> int:
+        return self.generation.generation
+
+    @property
+    def settings(self) -> dict:
+        return self.generation.settings
+
+    def close(self) -> None:
+        self._pin.release()
+
+    # --- tombstones ----------------------------------------------------------------------------
+    def deleted_rows(self, i: int) -> np.ndarray:
+        """Sorted deleted rows of segment i (empty when none)."""
+        if i not in self._deleted:
+            ref = self.refs[i]
+            if ref.deletes is None:
+                rows = np.empty(0, dtype=np.int64)
+            else:
+                path = self.segments[i].folder / ref.deletes["file"]
+                if path.is_file() and path.stat().st_size != ref.deletes["bytes"]:
+                    raise IndexFormatError(f"{path}: size differs from generation {self.number}; "
+                                           "the index is damaged: run `dramasearch verify`")
+                rows = load_npy(path).astype(np.int64)
+            self._deleted[i] = rows
+        return self._deleted[i]
+
+    def selector(self, i: int):
+        """A FAISS selector of segment i's live rows, or None when nothing is deleted."""
+        if self.refs[i].deleted_rows == 0:
+            return None
+        with self._lock:
+            if i not in self._selectors:
+                live = np.ones(self.refs[i].rows, dtype=bool)
+                live[self.deleted_rows(i)] = False
+                bitmap = np.packbits(live, bitorder="little")
+                # The selector reads the bitmap through a raw pointer: keep the array alive with it.
+                self._selectors[i] = (faiss.IDSelectorBitmap(len(live), faiss.swig_ptr(bitmap)), bitmap)
+            return self._selectors[i][0]
+
+    def is_live(self, i: int, row: int) -> bool:
+        rows = self.deleted_rows(i)
+        j = int(np.searchsorted(rows, row))
+        return not (j < len(rows) and rows[j] == row)
+
+    # --- FAISS ---------------------------------------------------------------------------------
+    def index_entry(self, dim: int | None) -> dict:
+        """The generation's index at `dim`, or the largest dim when none is asked for."""
+        indexes = self.generation.indexes
+        if not indexes:
+            raise IndexFormatError(f"{self.dir.root}: generation {self.number} lists no FAISS index")
+        if dim is None:
+            return max(indexes, key=lambda ix: ix["dim"])
+        for entry in indexes:
+            if entry["dim"] == dim:
+                return entry
+        raise IndexFormatError(f"{self.dir.root}: no index at dim {dim}; built dims: {self.generation.dims} "
+                               "(add one with `dramasearch add-dim`)")
+
+    def faiss_index(self, i: int, name: str, mmap: bool = False) -> tuple[faiss.Index, IndexSpec]:
+        with self._lock:
+            entry = self.refs[i].faiss.get(name)
+            if entry is None:
+                raise IndexFormatError(f"{self.segments[i].folder}: no FAISS file for {name} in generation "
+                                       f"{self.number}; the index is damaged: run `dramasearch verify`")
+            spec = IndexSpec.from_dict(entry["spec"])
+            path = self.segments[i].folder / entry["file"]
+            key = (i, name)
+            if key not in self._faiss:
+                reused = self._previous_faiss.get((str(path), entry["sha256"]))
+                if reused is None:
+                    if not path.is_file() or path.stat().st_size != entry["bytes"]:
+                        raise IndexFormatError(f"{path}: missing or of another size than generation {self.number} "
+                                               "records; the index is damaged: run `dramasearch verify`")
+                    reused = load_index(path, spec, mmap=mmap)
+                    if reused.ntotal != self.refs[i].rows:
+                        raise IndexFormatError(f"{path}: holds {reused.ntotal} vectors but the segment has "
+                                               f"{self.refs[i].rows} rows; run `dramasearch verify`")
+                self._faiss[key] = reused
+            return self._faiss[key], spec
+
+    def _faiss_by_file(self) -> dict[tuple[str, str], faiss.Index]:
+        out = {}
+        for (i, name), index in self._faiss.items():
+            entry = self.refs[i].faiss[name]
+            out[(str(self.segments[i].folder / entry["file"]), entry["sha256"])] = index
+        return out
+
+    def search(self, queries: np.ndarray, depth: int, name: str, mmap: bool = False,
+               ef_search: int | None = None, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-`depth` live rows over all segments: (scores, segment positions, rows), each [nq, depth].
+
+        Missing results (fewer live rows than depth) have segment -1.
+        """
+        nq = len(queries)
+        all_scores, all_segs, all_rows = [], [], []
+        for i, ref in enumerate(self.refs):
+            if ref.rows - ref.deleted_rows == 0:
+                continue
+            index, spec = self.faiss_index(i, name, mmap)
+            k = min(depth, ref.rows)
+            params = search_params(spec, self.selector(i), k, ef_search=ef_search, nprobe=nprobe)
+            scores, rows = index.search(queries, k, params=params)
+            all_scores.append(scores)
+            all_rows.append(rows)
+            all_segs.append(np.where(rows >= 0, i, -1))
+        if not all_scores:
+            empty = np.full((nq, 0), -1, dtype=np.int64)
+            return np.zeros((nq, 0), dtype=np.float32), empty, empty
+        scores = np.concatenate(all_scores, axis=1)
+        segs = np.concatenate(all_segs, axis=1)
+        rows = np.concatenate(all_rows, axis=1)
+        scores = np.where(segs >= 0, scores, -np.inf)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+        take = lambda a: np.take_along_axis(a, order, axis=1)
+        return take(scores), take(segs), take(rows)
+
+    # --- documents -----------------------------------------------------------------------------
+    def find(self, docid: str) -> tuple[int, int] | None:
+        """(segment position, document number) of the live document `docid`, newest segment first."""
+        h = id_hash(docid)
+        for i in reversed(range(len(self.segments))):
+            doc = self.segments[i].find(docid, h)
+            if doc is not None:
+                first_row, _ = self.segments[i].doc_rows(doc)
+                if self.is_live(i, first_row):
+                    return i, doc
+        return None
+
+    def document(self, docid: str) -> StoredDocument | None:
+        found = self.find(docid)
+        if found is None:
+            return None
+        i, doc = found
+        title, text = self.segments[i].fields(doc)
+        first_row, _ = self.segments[i].doc_rows(doc)
+        return StoredDocument(docid, title, text, self.refs[i].name, self.refs[i].base + first_row)
+
+    def live_documents(self, i: int):
+        """(document number, first row, end row) of segment i's live documents, in order."""
+        deleted = self.deleted_rows(i)
+        segment = self.segments[i]
+        bounds = np.load(segment.folder / "docrows.npy", mmap_mode="r", allow_pickle=False)
+        for doc in range(segment.info.documents):
+            start, end = int(bounds[doc]), int(bounds[doc + 1])
+            j = int(np.searchsorted(deleted, start))
+            if j < len(deleted) and deleted[j] < end:
+                continue
+            yield doc, start, end
+
+    def verify(self) -> list[str]:
+        """Full checksums of every file the generation uses; returns the damaged ones."""
+        damaged = []
+        for segment, ref in zip(self.segments, self.refs):
+            damaged += segment.verify()
+            files = [ref.deletes] if ref.deletes else []
+            files += list(ref.faiss.values())
+            for entry in files:
+                path = segment.folder / entry["file"]
+                if not path.is_file() or path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
+                    damaged.append(str(path))
+        return damaged
+

@@ -1,0 +1,209 @@
+"""Writing a new segment: resumable shards from documents (or vectors), then seal and FAISS.
+
+Every writer (build, add, refresh, compact, import) produces exactly one new segment through
+this module, so they share one resume rule: shard j holds the j-th slice of the input; a rerun
+keeps every shard whose sidecar exists, whose input slice hashes the same and whose files have
+their recorded sizes. A work record (work/<segment>.json) names the segment and the settings
+it is being written with, so a rerun with other settings starts that segment over.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..corpus import Document
+from ..encoder import Encoder
+from ..errors import IndexFormatError
+from ..fsutil import atomic_write_bytes
+from ..idhash import id_hash
+from .faiss_index import build_index as build_faiss, save_index, segment_spec
+from .files import FileCache, file_sha256
+from .generation import IndexDir, SegmentRef
+from .segment import Segment, SegmentInfo, ShardData, ShardInfo, read_shard_info, shard_is_whole, write_shard
+
+DEFAULT_SHARD_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class RowSettings:
+    """What decides a row's contents besides the encoder (recorded in every generation)."""
+
+    store_text: bool = False
+    long_doc: str = "full"  # "full" or "chunk"
+    chunk_tokens: int | None = None  # chunk mode: resolved window length
+    stride: int = 64
+    aggregate: str = "maxp"
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "RowSettings":
+        return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw})
+
+
+@dataclass
+class SegmentReport:
+    """What writing a segment did (for summaries and for tests that count re-encoded shards)."""
+
+    documents: int = 0
+    rows: int = 0
+    empty: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    shards_total: int = 0
+    shards_encoded: list[int] = field(default_factory=list)
+    shards_reused: int = 0
+    encode_seconds: float = 0.0
+
+
+def check_dims(dims: Sequence[int], full: int) -> None:
+    """Fail before any encoding, not after it."""
+    for dim in dims:
+        if not 0 < dim <= full:
+            raise ValueError(f"dim {dim} is outside 1..{full} (the encoder's full dimension)")
+
+
+def segment_name(number: int) -> str:
+    return f"seg-{number:06d}"
+
+
+def start_work(idx: IndexDir, operation: str, segment: str, key: dict) -> Path:
+    """Record (or resume) the operation writing `segment`; other settings restart the segment."""
+    path = idx.work / f"{segment}.json"
+    record = {"operation": operation, "segment": segment, "key": key}
+    if path.is_file():
+        try:
+            existing = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            existing = None
+        if existing == record:
+            return idx.segments / segment
+    shutil.rmtree(idx.segments / segment, ignore_errors=True)  # uncommitted work of other settings
+    atomic_write_bytes(path, json.dumps(record, indent=1).encode())
+    return idx.segments / segment
+
+
+def finish_work(idx: IndexDir, segment: str) -> None:
+    (idx.work / f"{segment}.json").unlink(missing_ok=True)
+
+
+def read_work(idx: IndexDir, segment: str) -> dict | None:
+    path = idx.work / f"{segment}.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise IndexFormatError(f"{path}: damaged work record ({exc}); delete it to start that operation over")
+
+
+def content_sha256(docs: Sequence[Document]) -> str:
+    digest = hashlib.sha256()
+    for doc in docs:
+        for part in (doc.id, doc.title, doc.text):
+            digest.update(part.encode("utf-8", "surrogatepass"))
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def document_hash(doc: Document) -> int:
+    """64-bit hash of a document's title and text: refresh checks supplied text against it."""
+    return id_hash(f"{doc.title}\0{doc.text}")
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def encode_documents(
+    folder: Path, documents: Iterable[Document], encoder: Encoder, rows: RowSettings, shard_size: int,
+    report: SegmentReport, owns: Callable[[int], bool] = lambda n: True, show_progress: bool = True,
+    batch_tokens: int | None = None,
+) -> list[ShardInfo | None]:
+    """Walk the documents shard by shard; encode the owned shards that are missing or stale."""
+    folder.mkdir(parents=True, exist_ok=True)
+    infos: list[ShardInfo | None] = []
+    for number, docs in enumerate(batched(documents, shard_size)):
+        digest = content_sha256(docs)
+        info = read_shard_info(folder, number)
+        if info is not None and info.content_sha256 == digest and shard_is_whole(folder, info):
+            report.shards_reused += 1
+        elif owns(number):
+            started = time.perf_counter()
+            data, stats = _encode(encoder, rows, docs, show_progress, batch_tokens)
+            info = write_shard(folder, number, data, digest, **stats)
+            report.encode_seconds += time.perf_counter() - started
+            report.shards_encoded.append(number)
+        else:
+            info = None
+        infos.append(info)
+        report.documents += len(docs)
+        report.empty += sum(1 for d in docs if not d.content().strip())
+        if info is not None:
+            report.tokens += info.tokens
+            report.truncated += info.truncated
+            report.rows += info.rows
+    report.shards_total = len(infos)
+    _remove_stale_sidecars(folder, len(infos))
+    return infos
+
+
+def _encode(encoder: Encoder, rows: RowSettings, docs: list[Document], show_progress: bool,
+            batch_tokens: int | None) -> tuple[ShardData, dict]:
+    contents = [d.content() for d in docs]
+    chunk_rows = None
+    if rows.long_doc == "chunk":
+        windows = encoder.windows(contents, rows.chunk_tokens, rows.stride)
+        flat = [(d, chunk) for d, chunks in enumerate(windows) for chunk in chunks]
+        token_ids = [encoder.frame(chunk.token_ids, encoder.document_prefix_ids) for _, chunk in flat]
+        chunk_rows = np.array([(d, c.index, c.start, c.end) for d, c in flat], dtype=np.int64).reshape(-1, 4)
+        truncated = 0
+    else:
+        token_ids, truncated = encoder.tokenize_counting(contents, encoder.spec.document_prefix)
+    vectors = encoder.encode_ids(token_ids, batch_tokens=batch_tokens, show_progress=show_progress)
+    fields = [(d.title, d.text) if rows.store_text else ("", "") for d in docs]
+    data = ShardData(vectors=vectors, ids=[d.id for d in docs], fields=fields,
+                     content_hashes=np.array([document_hash(d) for d in docs], dtype=np.uint64), chunk_rows=chunk_rows)
+    stats = {"truncated": truncated, "tokens": sum(len(t) for t in token_ids),
+             "empty": sum(1 for c in contents if not c.strip())}
+    return data, stats
+
+
+def _remove_stale_sidecars(folder: Path, count: int) -> None:
+    """An input that shrank leaves shards past its end; drop their sidecars so they never count."""
+    for sidecar in folder.glob("[0-9]*.json"):
+        if sidecar.stem.isdigit() and int(sidecar.stem) >= count:
+            sidecar.unlink()
+
+
+def build_segment_faiss(folder: Path, info: SegmentInfo, kind: str, dim: int, normalize: bool) -> dict:
+    """The FAISS index of one segment at one (dim, kind): FAISS id = row number in the segment."""
+    spec = segment_spec(kind, dim, info.rows)
+    path = folder / spec.filename
+    segment = Segment(folder, info, FileCache(4))
+    index = build_faiss(spec, segment.vector_blocks, info.rows, normalize=normalize)
+    save_index(index, path)
+    return {"file": spec.filename, "bytes": path.stat().st_size, "sha256": file_sha256(path), "spec": spec.to_dict()}
+
+
+def index_key(spec: dict) -> str:
+    return f"dim{spec['dim']}-{spec['kind']}"
+
+
+def new_ref(folder: Path, info: SegmentInfo, base: int, specs: Sequence[dict], normalize: bool) -> SegmentRef:
+    """A sealed segment with a FAISS file per index spec, ready to list in a generation."""
+    faiss_files = {index_key(s): build_segment_faiss(folder, info, s["kind"], s["dim"], normalize) for s in specs}
+    return SegmentRef(name=info.name, base=base, rows=info.rows, documents=info.documents, faiss=faiss_files)
