@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
-from dramasearch.build import BuildSettings, build_index
+from dramasearch.index.build import BuildSettings, build_index
 from dramasearch.corpus import iter_documents
 from dramasearch.encoder import DTYPES, default_batch_tokens
 from dramasearch.evaluate import evaluate_run

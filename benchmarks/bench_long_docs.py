@@ -137,7 +137,7 @@ def vector_row(spec: dict) -> dict:
     """Load the encoder, build the index, search it with every requested aggregation."""
     from transformers.utils import logging as hf_logging
 
-    from dramasearch.build import BuildSettings, build_index
+    from dramasearch.index.build import BuildSettings, build_index
     from dramasearch.encoder import DTYPES
     from dramasearch.evaluate import retrieve
     from dramasearch.models import load_encoder

@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 
-from dramasearch.faiss_index import build_index, choose_spec, save_index
+from dramasearch.index.faiss_index import build_index, choose_spec, save_index
 from dramasearch.matryoshka import truncate_normalize
 
 BLOCK_ROWS = 50_000

@@ -144,8 +144,10 @@ def search(index_dir, query, k, dim, rerank_dim, device, model, generation, dtyp
 def info(index_dir) -> None:
     """What an index holds: generation, encoder, segments, live rows, tombstones, FAISS indexes."""
     from .index.generation import IndexDir
+    from .index.segment import read_segment_info
 
-    g = IndexDir(index_dir).read()
+    idx = IndexDir(index_dir)
+    g = idx.read()
     e = g.encoder
     click.echo(f"generation: {g.generation} ({g.operation}, {g.created})")
     click.echo(f"encoder: {e['name'] or '(none: imported vectors)'} ({e['family']}, dim {e['dim']}, max length "
@@ -156,8 +158,9 @@ def info(index_dir) -> None:
     click.echo(f"documents: {live_docs} live, {deleted} deleted (tombstones); rows: {live_rows} live "
                f"in {len(g.segments)} segments")
     for s in g.segments:
-        click.echo(f"segment: {s['name']} keys {s['base']}..{s['base'] + s['rows'] - 1}: {s['documents']} documents, "
-                   f"{s['rows']} rows, {s['deleted']} deleted")
+        sealed = read_segment_info(idx.segments / s["name"])
+        click.echo(f"segment: {s['name']} keys {s['base']}..{s['base'] + s['rows'] - 1}: {s['documents']} documents "
+                   f"({sealed.empty} empty, {sealed.truncated} truncated), {s['rows']} rows, {s['deleted']} deleted")
     for ix in g.indexes:
         size = sum(s["faiss"][f"dim{ix['dim']}-{ix['kind']}"]["bytes"] for s in g.segments)
         click.echo(f"index: dim {ix['dim']} {ix['kind']} ({size:,} bytes)")

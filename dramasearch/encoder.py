@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .batching import token_budget_batches
 from .chunking import Chunk, chunk_documents
-from .matryoshka import truncate_normalize
+from .matryoshka import prepare
 
 POOLINGS = ("mean", "cls", "last")
 
@@ -193,7 +193,7 @@ class Encoder:
         """Encode already-tokenized inputs in length-sorted token-budget batches."""
         out = np.zeros((len(token_ids), self.spec.dim), dtype=np.float32)
         if not token_ids:
-            return truncate_normalize(out, dim) if dim else out
+            return prepare(out, dim, self.spec.normalize) if dim else out
         lengths = [len(ids) for ids in token_ids]
         budget = batch_tokens or default_batch_tokens(self.device)
         batches = token_budget_batches(lengths, budget)
@@ -209,7 +209,7 @@ class Encoder:
                 bar.set_postfix(tok_s=f"{seen_tokens / max(time.perf_counter() - start, 1e-9):,.0f}", refresh=False)
         bar.close()
         if dim is not None or self.spec.normalize:
-            out = truncate_normalize(out, dim)
+            out = prepare(out, dim, self.spec.normalize)
         return out
 
     def _forward(self, batch_ids: list[Sequence[int]]) -> np.ndarray:

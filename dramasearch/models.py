@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from transformers import AutoModel, AutoTokenizer
 from .bidirectional_llama import BidirectionalLlamaModel, llama_config_from_dict
 from .encoder import Encoder, EncoderSpec, default_device, default_dtype
 from .errors import ModelLoadError
+from .fsutil import atomic_write_bytes
 
 DEFAULT_MODEL = "facebook/drama-base"
 DRAMA_QUERY_PREFIX = "Query: "
@@ -114,7 +116,9 @@ def _llama_parts(folder: Path, name: str, max_length: int | None):
             "wrap other backbones as a sentence-transformers folder (modules.json)"
         )
     config = llama_config_from_dict(raw)
-    model = BidirectionalLlamaModel.from_pretrained(folder, config=config, attn_implementation="sdpa")
+    _require_safetensors(folder)
+    model = BidirectionalLlamaModel.from_pretrained(folder, config=config, attn_implementation="sdpa",
+                                                    use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, config=config)
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
         raise ModelLoadError(f"{folder}: the tokenizer has no BOS/EOS token, which DRAMA inputs need")
@@ -148,7 +152,8 @@ def _sentence_transformers_parts(folder: Path, name: str, max_length: int | None
     st_cfg = _read_json(st_cfg_path) if st_cfg_path.is_file() else {}
     prompts_path = folder / "config_sentence_transformers.json"
     prompts = _read_json(prompts_path).get("prompts", {}) if prompts_path.is_file() else {}
-    model = AutoModel.from_pretrained(transformer_dir, attn_implementation="sdpa")
+    _require_safetensors(transformer_dir)
+    model = AutoModel.from_pretrained(transformer_dir, attn_implementation="sdpa", use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(transformer_dir)
     spec = EncoderSpec(
         name=name,
@@ -174,19 +179,55 @@ def _pooling_mode(cfg: dict, where: Path) -> str:
     return chosen[0]
 
 
-def fingerprint(folder: Path, config: dict, sample_bytes: int = 1 << 20) -> str:
-    """Identify a model by its config, tokenizer and weights without hashing gigabytes.
+def _require_safetensors(folder: Path) -> None:
+    """Weights are read from safetensors only: a pickled checkpoint can run code when loaded."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"})
+    found = f" (it holds {', '.join(pickled)}, a pickle format)" if pickled else ""
+    raise ModelLoadError(
+        f"{folder}: no .safetensors weights{found}. dramasearch never unpickles model files. If you trust the "
+        "file, convert it once: python -c \"from transformers import AutoModel; m = AutoModel.from_pretrained("
+        "'FOLDER'); m.save_pretrained('FOLDER', safe_serialization=True)\""
+    )
 
-    Weights files contribute name, size, and the hash of their first and last MiB.
+
+def fingerprint(folder: Path, config: dict) -> str:
+    """Identify a model by its config, tokenizer and every byte of its weights.
+
+    Hashing gigabytes takes seconds, so file digests are cached by (path, size, mtime).
     """
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for path in sorted(folder.iterdir()):
         if path.suffix not in {".safetensors", ".json"} or path.name == "config.json":
             continue
-        size = path.stat().st_size
-        digest.update(f"{path.name}:{size}".encode())
-        with path.open("rb") as f:
-            digest.update(f.read(sample_bytes))
-            f.seek(max(size - sample_bytes, 0))
-            digest.update(f.read(sample_bytes))
+        digest.update(f"{path.name}:{file_digest(path)}".encode())
     return digest.hexdigest()[:16]
+
+
+def _cache_file() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "dramasearch" / "file-digests.json"
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, remembered per (resolved path, size, mtime) in the user's cache folder."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache_path = _cache_file()
+    try:
+        cache = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    cache[key] = h.hexdigest()
+    try:
+        atomic_write_bytes(cache_path, json.dumps(cache).encode())
+    except OSError:
+        pass  # a read-only home only costs re-hashing next time
+    return cache[key]

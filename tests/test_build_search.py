@@ -30,11 +30,13 @@ import torch
 import transformers
 
 from conftest import LLAMA3_TOKENIZER, shared_path
-from dramasearch.build import BuildSettings, add_dims, build_index
+from dramasearch.index.build import BuildSettings, build_index
+from dramasearch.index.generation import IndexDir
+from dramasearch.index.snapshot import Snapshot
+from dramasearch.index.updates import add_dims
 from dramasearch.errors import IndexFormatError
 from dramasearch.models import load_encoder
 from dramasearch.searcher import Searcher
-from dramasearch.store import IndexFolder
 
 SHARD_SIZE = 10
 N_DOCS = 82  # ADI
@@ -106,10 +108,30 @@ def _copy_index(src: str, dst: Path) -> Path:
     return dst
 
 
+def _segment_dir(root) -> Path:
+    """The folder of the single segment a build writes."""
+    return Path(root) / "segments" / "seg-000000"
+
+
+def _vector_files(root) -> list[Path]:
+    return sorted(_segment_dir(root).glob("*.vec.npy"))
+
+
 def _stored_embeddings(root) -> np.ndarray:
-    folder = IndexFolder(root)
-    shards = folder.read_manifest().shards
-    return np.concatenate([np.asarray(folder.load_embeddings(s["number"]), dtype=np.float32) for s in shards])
+    return np.concatenate([np.load(p, allow_pickle=False).astype(np.float32) for p in _vector_files(root)])
+
+
+def _stored_ids(root) -> list[str]:
+    snap = Snapshot(root)
+    try:
+        segment = snap.segments[0]
+        return [segment.docid(d) for d in range(segment.info.documents)]
+    finally:
+        snap.close()
+
+
+def _sealed_shards(root) -> list[dict]:
+    return json.loads((_segment_dir(root) / "segment.json").read_text())["shards"]
 
 
 def _check_hits(hits, expected_scores: np.ndarray, ids: list[str], k: int, tol: float = TOL) -> None:
@@ -127,7 +149,7 @@ def _check_hits(hits, expected_scores: np.ndarray, ids: list[str], k: int, tol: 
 
 def _sidecars(root: Path) -> list[Path]:
     """Finished shards: sidecar files named NNNNN.json (not the .tmp-PID files of a write in flight)."""
-    return sorted((root / "shards").glob("[0-9][0-9][0-9][0-9][0-9].json"))
+    return sorted(_segment_dir(root).glob("[0-9][0-9][0-9][0-9][0-9].json"))
 
 
 def _key(hits):
@@ -140,9 +162,10 @@ def _run_main(args: list[str], monkeypatch, capsys, encoder) -> tuple[int, str, 
     Only model loading is short-cut (to the already loaded fixture encoder, after checking what
     the CLI asked for); argument parsing, the build, the summary and error handling are main()'s.
     """
-    from dramasearch import build, cli
+    from dramasearch import cli
+    from dramasearch.index import build
 
-    def load(name, device=None, dtype=None, max_length=None, compile=False):
+    def load(name, device=None, dtype=None, max_length=None, compile=False):  # noqa: ARG001
         assert (name, dtype, max_length, compile) == ("minilm", torch.float32, None, False), (name, dtype, max_length)
         return encoder
 
@@ -165,7 +188,7 @@ def test_build_then_search_matches_numpy(baseline, searcher, minilm, raw_docs, r
     assert report.complete and report.shards_reused == 0
     assert "(9 encoded, 0 reused)" in report.summary()
     ids = [d["_id"] for d in raw_docs]
-    assert searcher.docstore.ids == ids
+    assert _stored_ids(settings.output) == ids
     # The shards hold the encoder's vectors, in corpus order, at fp16 precision.
     np.testing.assert_allclose(_stored_embeddings(settings.output), reference, atol=1e-3)
     docs = _unit(reference)
@@ -226,8 +249,8 @@ def test_resume_after_kill_reencodes_only_unfinished_shards(baseline, minilm, co
     finished = _sidecars(out)
     assert len(finished) >= len(seen)
     assert len(finished) < N_SHARDS, "the build finished every shard before the kill; nothing was resumed"
-    assert not (out / "manifest.json").exists()
-    with pytest.raises(IndexFormatError, match=r"manifest\.json is missing.*has not finished"):
+    assert IndexDir(out).latest() is None
+    with pytest.raises(IndexFormatError, match=r"no committed generation yet.*has not finished"):
         Searcher(out, encoder=minilm)
 
     # The same command again, to completion (in this process, to reuse the loaded model).
@@ -243,14 +266,13 @@ def test_resume_after_kill_reencodes_only_unfinished_shards(baseline, minilm, co
 
     # Same vectors and same search results as the uninterrupted build (the baseline fixture uses
     # the same corpus, model, dtype and shard size; --store-text and extra dims do not change vectors).
-    resumed, reference_folder = IndexFolder(out), IndexFolder(baseline[0].output)
-    for n in range(N_SHARDS):
-        assert np.array_equal(np.asarray(resumed.load_embeddings(n)), np.asarray(reference_folder.load_embeddings(n))), n
-        assert resumed.load_ids(n) == reference_folder.load_ids(n)
-    assert [s["emb_sha256"] for s in resumed.read_manifest().shards] == \
-           [s["emb_sha256"] for s in reference_folder.read_manifest().shards]
-    assert (out / "faiss" / "dim384-flat.faiss").read_bytes() == \
-           (Path(baseline[0].output) / "faiss" / "dim384-flat.faiss").read_bytes()
+    for mine, theirs in zip(_vector_files(out), _vector_files(baseline[0].output), strict=True):
+        assert mine.read_bytes() == theirs.read_bytes(), mine.name
+    assert _stored_ids(out) == _stored_ids(baseline[0].output)
+    assert [s["files"]["vec.npy"] for s in _sealed_shards(out)] == \
+           [s["files"]["vec.npy"] for s in _sealed_shards(baseline[0].output)]
+    assert (_segment_dir(out) / "dim384-flat.faiss").read_bytes() == \
+           (_segment_dir(baseline[0].output) / "dim384-flat.faiss").read_bytes()
     mine, theirs = Searcher(out, encoder=minilm), Searcher(baseline[0].output, dim=384, encoder=minilm)
     for query in queries[:5]:
         hits = mine.search(query, k=10)
@@ -302,9 +324,9 @@ def test_bad_inputs_fail_with_location_and_leave_no_index(corpus, minilm, tmp_pa
         if field:
             assert f"field '{field}'" in message, (name, message)
         assert "Traceback" not in stderr, (name, stderr)
-        assert not (out / "manifest.json").exists(), name
+        assert IndexDir(out).latest() is None, name
         assert [p.name for p in _sidecars(out)] == ["00000.json"], name  # shard 0 was done before the bad line
-        with pytest.raises(IndexFormatError, match=r"manifest\.json is missing.*has not finished"):
+        with pytest.raises(IndexFormatError, match=r"no committed generation yet.*has not finished"):
             Searcher(out, encoder=minilm)
 
 
@@ -377,14 +399,14 @@ def test_matryoshka_dims_funnel_and_add_dim(baseline, searcher, minilm, raw_docs
         assert [(h.docid, h.rank, h.title, h.text) for h in funnel] == [(h.docid, h.rank, h.title, h.text) for h in exact]
         np.testing.assert_allclose([h.score for h in funnel], [h.score for h in exact], atol=1e-5)
 
-    embeddings = sorted((root / "shards").glob("*.emb.npy"))
+    embeddings = _vector_files(root)
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in embeddings}
     sidecars_before = {p.name: p.read_bytes() for p in _sidecars(root)}
     new = add_dims(root, [128])
     assert [(ix["dim"], ix["kind"]) for ix in new] == [(128, "flat")]
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in embeddings} == before  # nothing re-encoded
     assert {p.name: p.read_bytes() for p in _sidecars(root)} == sidecars_before
-    assert IndexFolder(root).read_manifest().dims == [64, 128, 384]
+    assert IndexDir(root).read().dims == [64, 128, 384]
     mid = Searcher(root, dim=128, encoder=minilm)
     q = minilm.encode_queries([queries[0]], show_progress=False)
     _check_hits(mid.search(queries[0], k=10), _unit(reference, 128) @ _unit(q, 128)[0], ids, 10)
@@ -392,28 +414,27 @@ def test_matryoshka_dims_funnel_and_add_dim(baseline, searcher, minilm, raw_docs
     result = CliRunner().invoke(cli, ["info", str(root)])
     assert result.exit_code == 0, result.output
     assert [int(d) for d in re.findall(r"^index: dim (\d+) flat", result.output, re.M)] == [64, 128, 384]
-    assert f"{N_DOCS} documents" in result.output and f"in {N_SHARDS} shards" in result.output
+    assert f"documents: {N_DOCS} live, 0 deleted" in result.output and "in 1 segments" in result.output
 
 
 # --- 7. sharded builds ----------------------------------------------------------------------
 
 def test_shard_runs_then_assembly_equal_single_build(baseline, searcher, minilm, tmp_path, queries):
     settings = dataclasses.replace(baseline[0], output=str(tmp_path / "index"))
-    folder = IndexFolder(settings.output)
+    folder = IndexDir(settings.output)
     first = build_index(dataclasses.replace(settings, shard=(0, 2)), encoder=minilm)
     assert first.shards_encoded == [0, 2, 4, 6, 8] and not first.complete
     assert "run build-index without --shard" in first.summary()
-    assert not folder.has_manifest()
+    assert folder.latest() is None
     second = build_index(dataclasses.replace(settings, shard=(1, 2)), encoder=minilm)
     assert second.shards_encoded == [1, 3, 5, 7] and second.shards_reused == 5 and not second.complete
-    assert not folder.has_manifest()
+    assert folder.latest() is None
     assert not set(first.shards_encoded) & set(second.shards_encoded)
 
     final = build_index(settings, encoder=minilm)
     assert final.shards_encoded == [] and final.shards_reused == N_SHARDS and final.complete
     assert final.documents == N_DOCS
-    manifest, reference = folder.read_manifest(), IndexFolder(baseline[0].output).read_manifest()
-    assert manifest.shards == reference.shards
+    assert _sealed_shards(settings.output) == _sealed_shards(baseline[0].output)
     sharded = Searcher(settings.output, encoder=minilm)
     for query in queries[:5]:
         assert sharded.search(query, k=10) == searcher.search(query, k=10)
@@ -429,10 +450,9 @@ def test_two_device_workers_equal_one_process(raw_docs, corpus, baseline, tmp_pa
     elapsed = time.perf_counter() - started
     # The workers encoded every shard; the assembling run only reused them.
     assert report.shards_encoded == [] and report.shards_reused == 3 and report.complete
-    mine, reference = IndexFolder(settings.output), IndexFolder(baseline[0].output)
     for n in range(3):  # the subset's shards are the baseline's first three, same contents
-        assert np.array_equal(np.asarray(mine.load_embeddings(n)), np.asarray(reference.load_embeddings(n))), n
-    assert mine.read_manifest().shards == reference.read_manifest().shards[:3]
+        assert _vector_files(settings.output)[n].read_bytes() == _vector_files(baseline[0].output)[n].read_bytes(), n
+    assert _sealed_shards(settings.output) == _sealed_shards(baseline[0].output)[:3]
     print(f"two-worker build of 30 docs: {elapsed:.1f}s")
 
 
@@ -444,9 +464,9 @@ def test_rerun_with_other_settings_is_refused_and_same_settings_reuse_everything
     for change in ({"shard_size": 20}, {"store_text": False}):
         with pytest.raises(IndexFormatError, match=rf"other settings \({next(iter(change))} differ\)"):
             build_index(dataclasses.replace(settings, **change), encoder=minilm)
-    assert IndexFolder(root).has_manifest()  # a refused run leaves the index loadable
+    assert IndexDir(root).latest() == 1  # a refused run leaves the index loadable
 
-    faiss_files = sorted((root / "faiss").iterdir())
+    faiss_files = sorted(_segment_dir(root).glob("*.faiss"))
     mtimes = [p.stat().st_mtime_ns for p in faiss_files]
     again = build_index(settings, encoder=minilm)
     assert again.shards_encoded == [] and again.shards_reused == N_SHARDS and again.complete

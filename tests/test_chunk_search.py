@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from conftest import shared_path
 from dramasearch import cli as cli_module
-from dramasearch.build import BuildSettings, build_index
+from dramasearch.index.build import BuildSettings, build_index
 from dramasearch.chunking import chunk_documents
 from dramasearch.corpus import iter_documents
 from dramasearch.evaluate import evaluate_run, read_trec_run
@@ -115,7 +115,7 @@ def test_mldr_format_round_trips_through_build_and_evaluate(tmp_path, minilm, mo
     (tmp_path / "queries.jsonl").write_text("".join(
         json.dumps({"query_id": q, "query": t, "positive_passages": [{"docid": d, "text": docs[d], "title": ""}],
                     "negative_passages": []}) + "\n" for q, t, d in queries))
-    monkeypatch.setattr("dramasearch.build.load_encoder", lambda *a, **k: minilm)
+    monkeypatch.setattr("dramasearch.index.build.load_encoder", lambda *a, **k: minilm)
     monkeypatch.setattr("dramasearch.searcher.load_encoder", lambda *a, **k: minilm)
     runner = CliRunner()
     built = runner.invoke(cli_module.cli, ["build-index", str(tmp_path / "corpus.jsonl"), "-o", str(tmp_path / "ix"),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dramasearch.errors import IndexFormatError
-from dramasearch.faiss_index import (
+from dramasearch.index.faiss_index import (
     KINDS,
     IndexSpec,
     apply_search_params,

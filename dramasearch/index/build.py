@@ -65,7 +65,7 @@ class BuildSettings:
 
     def content_key(self, encoder: Encoder) -> dict:
         """Everything that decides shard contents: a rerun with another key starts over."""
-        return {"encoder": encoder.spec.to_dict(), "rows": self.rows(encoder).to_dict(), "shard_size": self.shard_size,
+        return {"encoder": encoder.spec.to_dict(), **self.rows(encoder).to_dict(), "shard_size": self.shard_size,
                 "fields": [self.id_field, self.title_field, self.text_field]}
 
     def window(self, encoder: Encoder) -> int:
@@ -114,10 +114,10 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
     """Encode what is missing, then FAISS per dim, then commit generation 1 (the only visible step)."""
     settings.check()
     idx = IndexDir(settings.output)
-    idx.create()
     if len(settings.devices) > 1:
         if encoder is not None:
             raise ValueError("several devices need one model load per worker; pass no encoder with devices")
+        idx.create()
         _encode_on_devices(settings)
     encoder = encoder or load_encoder(
         settings.model, device=_first(settings.devices), dtype=DTYPES[settings.dtype], max_length=settings.max_length,
@@ -125,6 +125,7 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
     )
     dims = settings.dims or (encoder.dim,)
     check_dims(dims, encoder.dim)
+    idx.create()  # only now: a refused build leaves no folder behind
     key = settings.content_key(encoder)
     report = BuildReport(output=settings.output)
     latest = idx.latest()

@@ -137,7 +137,8 @@ class IndexDir:
         if self.root.exists():
             if not self.root.is_dir():
                 raise IndexFormatError(f"{self.root}: exists and is not a folder; choose another output path")
-            foreign = sorted(p.name for p in self.root.iterdir())
+            # Another process creating the same index at once (--shard runs) leaves only its temp marker.
+            foreign = sorted(p.name for p in self.root.iterdir() if not p.name.startswith(f".{MARKER}.tmp-"))
             if foreign:
                 if (self.root / OLD_MANIFEST).is_file():
                     self.check_format()

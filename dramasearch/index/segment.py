@@ -141,6 +141,8 @@ class SegmentInfo:
     chunked: bool
     shards: list[dict]  # ShardInfo fields
     files: dict[str, dict] = field(default_factory=dict)  # lookup.npy, docrows.npy -> FileInfo fields
+    empty: int = 0  # documents with no text
+    truncated: int = 0  # documents cut at the model's max length
 
     def shard_infos(self) -> list[ShardInfo]:
         return [ShardInfo(**s) for s in self.shards]
@@ -169,7 +171,8 @@ def seal_segment(folder: Path, name: str, shards: Sequence[ShardInfo], dim: int,
         atomic_write_bytes(folder / fname, payload)
         files[fname] = dataclasses.asdict(FileInfo(len(payload), sha256_bytes(payload), npy_header_size(payload)))
     info = SegmentInfo(name=name, rows=row_base, documents=len(table), dim=dim, chunked=chunked,
-                       shards=[dataclasses.asdict(s) for s in shards], files=files)
+                       shards=[dataclasses.asdict(s) for s in shards], files=files,
+                       empty=sum(s.empty for s in shards), truncated=sum(s.truncated for s in shards))
     atomic_write_bytes(folder / SEGMENT_FILE, json.dumps(dataclasses.asdict(info)).encode())
     return info
 
