@@ -115,8 +115,8 @@ def _llama_parts(folder: Path, name: str, max_length: int | None):
             f"{folder}/config.json: model_type '{raw.get('model_type')}' is not a DRAMA/Llama checkpoint; "
             "wrap other backbones as a sentence-transformers folder (modules.json)"
         )
-    config = llama_config_from_dict(raw)
     _require_safetensors(folder)
+    config = llama_config_from_dict(raw)
     model = BidirectionalLlamaModel.from_pretrained(folder, config=config, attn_implementation="sdpa",
                                                     use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, config=config)

@@ -84,10 +84,11 @@ class Searcher:
         self._closed = False
         self.follow, self.follow_interval, self._checked = follow and generation is None, follow_interval, time.monotonic()
         self._requested_dim, self._nprobe, self._ef_search, self._mmap = dim, nprobe, ef_search, mmap
-        self.encoder_spec = encoder_spec(self._snap.generation.encoder)
-        self.encoder = encoder if encoder is not None else self._load_encoder(model, device, dtype)
-        if self.encoder is not None:
-            check_encoder(self.encoder.spec, self.encoder_spec, self.root)
+        self._device, self._dtype = device, dtype
+        spec = encoder_spec(self._snap.generation.encoder)
+        self._encoder = encoder if encoder is not None else self._load_encoder(spec, model)
+        self._check(self._encoder, spec)
+        self._encoders = {spec.fingerprint: self._encoder}
         self._select_index(self._snap)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -99,13 +100,29 @@ class Searcher:
     def dim(self) -> int:
         return self._entry["dim"]
 
-    def _load_encoder(self, model: str | None, device, dtype) -> Encoder | None:
-        spec = self.encoder_spec
+    @property
+    def encoder(self) -> Encoder | None:
+        return self._encoder
+
+    @property
+    def encoder_spec(self) -> EncoderSpec:
+        return encoder_spec(self._snap.generation.encoder)
+
+    def _check(self, encoder: Encoder | None, spec: EncoderSpec) -> None:
+        if encoder is None:
+            return
+        if spec.family == "vectors":  # imported vectors: only the dimension can be checked
+            if encoder.dim != spec.dim:
+                raise IndexFormatError(f"{self.root} holds {spec.dim}-d vectors; the encoder gives {encoder.dim}-d")
+            return
+        check_encoder(encoder.spec, spec, self.root)
+
+    def _load_encoder(self, spec: EncoderSpec, model: str | None = None) -> Encoder | None:
         if model is None and spec.family == "vectors":
             return None  # imported vectors without a named encoder: search_vectors only
         name = model or spec.name
         try:
-            return load_encoder(name, device=device, dtype=dtype, max_length=spec.max_length)
+            return load_encoder(name, device=self._device, dtype=self._dtype, max_length=spec.max_length)
         except ModelLoadError as exc:
             raise ModelLoadError(
                 f"{self.root} was built with encoder '{spec.name}' (fingerprint {spec.fingerprint}), which cannot be "
@@ -119,25 +136,27 @@ class Searcher:
         self.index_kind = self._entry["kind"]
 
     def reopen(self) -> bool:
-        """Move to the newest generation; returns whether it changed. Searches never pause."""
+        """Move to the newest generation; returns whether it changed. Searches never pause.
+
+        After a `refresh` with another model, the new generation's encoder is loaded first and
+        both switch together, so every result list comes from one generation and its encoder.
+        """
         if self._closed:
             raise IndexFormatError("this Searcher is closed")
         latest = self._snap.dir.latest()
         if latest == self._snap.number:
             return False
         fresh = Snapshot(self.root, cache=self._cache, previous=self._snap)
-        spec = encoder_spec(fresh.generation.encoder)
         try:
-            if self.encoder is not None:
-                check_encoder(self.encoder.spec, spec, self.root)
-        except IndexFormatError:
+            spec = encoder_spec(fresh.generation.encoder)
+            encoder = self._encoders.get(spec.fingerprint) or self._load_encoder(spec)
+            self._check(encoder, spec)
+        except Exception:
             fresh.close()
-            raise IndexFormatError(
-                f"{self.root}: generation {fresh.number} was encoded with another model ('{spec.name}'); "
-                "open a new Searcher to use it"
-            ) from None
+            raise
         with self._lock:
-            old, self._snap = self._snap, fresh
+            self._encoders = {spec.fingerprint: encoder}  # the old one is dropped with the old generation
+            old, self._snap, self._encoder = self._snap, fresh, encoder
             self._select_index(fresh)
             self._retire(old)
         return True
@@ -149,7 +168,7 @@ class Searcher:
             self._retired.append(snap)
 
     @contextlib.contextmanager
-    def _use(self) -> Iterator[Snapshot]:
+    def _use(self) -> Iterator[tuple[Snapshot, Encoder | None, str, int]]:
         if self.follow and time.monotonic() - self._checked > self.follow_interval:
             self._checked = time.monotonic()
             with contextlib.suppress(IndexFormatError):
@@ -157,10 +176,10 @@ class Searcher:
         with self._lock:
             if self._closed:
                 raise IndexFormatError("this Searcher is closed")
-            snap = self._snap
+            snap, encoder, name, dim = self._snap, self._encoder, self._index_name, self._entry["dim"]
             self._users[id(snap)] = self._users.get(id(snap), 0) + 1
         try:
-            yield snap
+            yield snap, encoder, name, dim
         finally:
             with self._lock:
                 self._users[id(snap)] -= 1
@@ -191,7 +210,7 @@ class Searcher:
     # --- documents -----------------------------------------------------------------------------
     def doc(self, docid: str) -> StoredDocument | None:
         """The stored document with this id in the pinned generation (None if absent or deleted)."""
-        with self._use() as snap:
+        with self._use() as (snap, _, _, _):
             return snap.document(docid)
 
     # --- search --------------------------------------------------------------------------------
@@ -216,13 +235,13 @@ class Searcher:
         """
         if isinstance(queries, str):
             raise TypeError("batch_search() takes a list of queries; use search() for one")
-        if self.encoder is None:
-            raise ModelLoadError(f"{self.root} holds imported vectors without an encoder: use search_vectors(), "
-                                 "or open it with Searcher(..., model=NAME) / --model NAME")
-        vectors = self.encoder.encode_queries(list(queries), show_progress=False)
-        return self.search_vectors(
-            vectors, k, rerank_dim=rerank_dim, candidates=candidates, aggregate=aggregate, with_fields=with_fields
-        )
+        with self._use() as state:
+            encoder = state[1]
+            if encoder is None:
+                raise ModelLoadError(f"{self.root} holds imported vectors without an encoder: use search_vectors(), "
+                                     "or open it with Searcher(..., model=NAME) / --model NAME")
+            vectors = encoder.encode_queries(list(queries), show_progress=False)
+            return self._search(state, vectors, k, rerank_dim, candidates, aggregate, with_fields)
 
     def search_vectors(
         self,
@@ -235,54 +254,60 @@ class Searcher:
         with_fields: bool = True,
     ) -> list[list[Hit]]:
         """Search with full-dim query vectors (already encoded). Every list comes from one generation."""
+        with self._use() as state:
+            return self._search(state, vectors, k, rerank_dim, candidates, aggregate, with_fields)
+
+    def _search(self, state, vectors, k, rerank_dim, candidates, aggregate, with_fields) -> list[list[Hit]]:
+        snap, _, name, dim = state
+        spec = encoder_spec(snap.generation.encoder)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        with self._use() as snap:
-            vectors = np.asarray(vectors, dtype=np.float32)
-            if vectors.ndim != 2 or vectors.shape[1] != self.encoder_spec.dim:
-                raise ValueError(f"query vectors must have shape (n, {self.encoder_spec.dim}), got {vectors.shape}")
-            live = max(snap.generation.rows, 1)
-            k_rows = min(k, live)
-            depth = k_rows if rerank_dim is None else min(max(candidates or 10 * k, k, 100), live)
-            if not snap.segments or not snap.segments[0].info.chunked:
-                scores, segs, rows = self._rows(snap, vectors, depth, rerank_dim, k_rows)
-                return [self._hits(snap, s, g, r, with_fields) for s, g, r in zip(scores, segs, rows)]
-            how = aggregate or snap.settings.get("aggregate", "maxp")
-            limit = min(live, max(MAX_CHUNK_DEPTH, CHUNK_DEPTH * 16 * k))
-            results = []
-            for query in vectors:
-                d = min(max(depth, CHUNK_DEPTH * k), limit)
-                while True:
-                    scores, segs, rows = self._rows(snap, query[None], d, rerank_dim, d)
-                    docs, parents = self._aggregate(snap, scores[0], segs[0], rows[0], how, k)
-                    if len(docs) >= k or d >= limit:
-                        break
-                    d = min(d * 4, limit)
-                results.append(self._chunk_hits(snap, docs, parents, with_fields))
-            return results
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != spec.dim:
+            raise ValueError(f"query vectors must have shape (n, {spec.dim}), got {vectors.shape}")
+        live = max(snap.generation.rows, 1)
+        k_rows = min(k, live)  # k beyond the rows that exist costs nothing extra
+        depth = k_rows if rerank_dim is None else min(max(candidates or 10 * k, k, 100), live)
+        plan = (snap, name, dim, spec)
+        if not snap.segments or not snap.segments[0].info.chunked:
+            scores, segs, rows = self._rows(plan, vectors, depth, rerank_dim, k_rows)
+            return [self._hits(snap, s, g, r, with_fields) for s, g, r in zip(scores, segs, rows)]
+        how = aggregate or snap.settings.get("aggregate", "maxp")
+        limit = min(live, max(MAX_CHUNK_DEPTH, CHUNK_DEPTH * 16 * k))
+        results = []
+        for query in vectors:
+            d = min(max(depth, CHUNK_DEPTH * k), limit)
+            while True:
+                scores, segs, rows = self._rows(plan, query[None], d, rerank_dim, d)
+                docs, parents = self._aggregate(snap, scores[0], segs[0], rows[0], how, k)
+                if len(docs) >= k or d >= limit:
+                    break
+                d = min(d * 4, limit)
+            results.append(self._chunk_hits(snap, docs, parents, with_fields))
+        return results
 
-    def _rows(self, snap: Snapshot, vectors: np.ndarray, depth: int, rerank_dim: int | None, keep: int):
-        normalize = self.encoder_spec.normalize
-        queries = prepare(vectors, self.dim, normalize)
-        scores, segs, rows = snap.search(queries, depth, self._index_name, self._mmap, self._ef_search, self._nprobe)
+    def _rows(self, plan, vectors: np.ndarray, depth: int, rerank_dim: int | None, keep: int):
+        snap, name, dim, spec = plan
+        queries = prepare(vectors, dim, spec.normalize)
+        scores, segs, rows = snap.search(queries, depth, name, self._mmap, self._ef_search, self._nprobe)
         if rerank_dim is not None:
-            scores, segs, rows = self._rerank(snap, vectors, segs, rows, rerank_dim, keep)
+            scores, segs, rows = self._rerank(plan, vectors, segs, rows, rerank_dim, keep)
         return scores, segs, rows
 
-    def _rerank(self, snap: Snapshot, queries: np.ndarray, segs: np.ndarray, rows: np.ndarray, dim: int, keep: int):
-        normalize = self.encoder_spec.normalize
-        q = prepare(queries, dim, normalize)
+    def _rerank(self, plan, queries: np.ndarray, segs: np.ndarray, rows: np.ndarray, dim: int, keep: int):
+        snap, _, _, spec = plan
+        q = prepare(queries, dim, spec.normalize)
         out_scores = np.full((len(rows), keep), -np.inf, dtype=np.float32)
         out_segs = np.full((len(rows), keep), -1, dtype=np.int64)
         out_rows = np.full((len(rows), keep), -1, dtype=np.int64)
         for i in range(len(rows)):
             valid = segs[i] >= 0
             cand_segs, cand_rows = segs[i][valid], rows[i][valid]
-            vectors = np.empty((len(cand_rows), self.encoder_spec.dim), dtype=np.float32)
+            vectors = np.empty((len(cand_rows), spec.dim), dtype=np.float32)
             for s in np.unique(cand_segs):
                 where = np.nonzero(cand_segs == s)[0]
                 vectors[where] = snap.segments[s].vectors(cand_rows[where])
-            scores = prepare(vectors, dim, normalize) @ q[i]
+            scores = prepare(vectors, dim, spec.normalize) @ q[i]
             top = np.argsort(-scores, kind="stable")[:keep]
             n = len(top)
             out_scores[i, :n], out_segs[i, :n], out_rows[i, :n] = scores[top], cand_segs[top], cand_rows[top]
