@@ -113,7 +113,7 @@ def _llama_parts(folder: Path, name: str, max_length: int | None):
             f"{folder}/config.json: model_type '{raw.get('model_type')}' is not a DRAMA/Llama checkpoint; "
             "wrap other backbones as a sentence-transformers folder (modules.json)"
         )
-    config = llama_config_from_dict(raw)
+    config = llama_config_from_dict(raw, source=str(folder / "config.json"))
     model = BidirectionalLlamaModel.from_pretrained(folder, config=config, attn_implementation="sdpa")
     tokenizer = AutoTokenizer.from_pretrained(folder, config=config)
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
