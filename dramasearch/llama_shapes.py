@@ -8,8 +8,10 @@ shape is written in config.json as `layer_shapes`, one entry per layer:
 
 `heads` / `kv_heads` = 0 means the layer has no attention sub-layer (nor its input norm);
 `intermediate` = 0 means no MLP sub-layer (nor its norm). `head_dim` stays global (pruners
-write it explicitly, since hidden_size / heads no longer gives it), and `hidden_size` is the ordinary config
-value. A config without `layer_shapes` builds the stock `LlamaModel` layers, untouched.
+write it explicitly, since hidden_size / heads no longer gives it), and `hidden_size` is the
+ordinary config value. The global num_attention_heads / num_key_value_heads /
+intermediate_size then only size placeholder layers that are built and replaced (pruners
+write 1, which also satisfies LlamaConfig's hidden_size % heads check for any hidden size). A config without `layer_shapes` builds the stock `LlamaModel` layers, untouched.
 Plain transformers refuses such a checkpoint (weight shapes differ), never runs it wrongly.
 """
 from __future__ import annotations

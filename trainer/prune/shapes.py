@@ -169,8 +169,9 @@ def _pruned_config(config, hidden_size: int, shapes: list[LayerShape]):
     new.hidden_size = hidden_size
     new.num_hidden_layers = len(shapes)
     new.head_dim = config.head_dim
-    # Global sizes only size the stock layers built (then replaced) in the constructor: keep them small.
-    new.intermediate_size = max(1, max(s.intermediate for s in shapes))
+    # With layer_shapes the global sizes only size the stock layers that the constructor builds and
+    # replaces; 1 keeps those tiny and passes LlamaConfig's hidden_size % heads check for any hidden size.
+    new.num_attention_heads = new.num_key_value_heads = new.intermediate_size = 1
     new.layer_shapes = [s.to_dict() for s in shapes]
     new.architectures = None
     return new
