@@ -31,6 +31,7 @@ from .shapes import LayerKeep, PrunePlan, base_model
 LIMIT_LOW, LIMIT_HIGH = -0.1, 1.1
 TEMPERATURE = 2.0 / 3.0
 INIT_LOG_ALPHA = 5.0
+KEPT_FLOOR = 1e-3
 MASK_TYPES = ("layers", "heads", "intermediate", "hidden")
 
 
@@ -58,14 +59,21 @@ class HardConcrete(nn.Module):
         """Expected number of nonzero gates."""
         return self.prob_nonzero().sum()
 
-    def deterministic(self) -> torch.Tensor:
-        """Evaluation gates: the round(expected L0) largest log_alpha keep their soft value, the rest are 0."""
+    def deterministic(self, keep_per_row: int | None = None) -> torch.Tensor:
+        """Evaluation gates: the round(expected L0) largest log_alpha keep their soft value, the rest are 0.
+
+        With `keep_per_row`, exactly that many gates survive in each row (last dimension) and a
+        kept gate is never 0 (at least KEPT_FLOOR), so the final shape is exactly the target.
+        """
         soft = (torch.sigmoid(self.log_alpha) * (self.high - self.low) + self.low).clamp(0.0, 1.0)
-        keep = int(round(float(self.expected_l0().detach())))
-        flat = self.log_alpha.detach().flatten()
-        chosen = torch.zeros_like(flat, dtype=torch.bool)
-        chosen[torch.topk(flat, keep).indices] = True
-        return soft * chosen.view_as(soft)
+        scores = self.log_alpha.detach()
+        chosen = torch.zeros_like(scores, dtype=torch.bool)
+        if keep_per_row is None:
+            keep = int(round(float(self.expected_l0().detach())))
+            chosen.view(-1)[torch.topk(scores.flatten(), keep).indices] = True
+            return soft * chosen
+        chosen.scatter_(-1, torch.topk(scores, keep_per_row, dim=-1).indices, True)
+        return soft.clamp_min(KEPT_FLOOR) * chosen
 
     def forward(self) -> torch.Tensor:
         return self.sample() if self.training else self.deterministic()
@@ -107,14 +115,44 @@ class LlamaMasks(nn.Module):
         """Sampled gates in training mode, deterministic ones in eval mode."""
         return {kind: gate() for kind, gate in self.gates.items()}
 
+    def final_values(self, targets: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Deterministic gates that keep exactly the target shape (in every layer for heads and neurons).
+
+        Types without a target keep round(expected L0) gates, as in evaluation.
+        """
+        values = {}
+        for kind, gate in self.gates.items():
+            if kind not in targets:
+                values[kind] = gate.deterministic().detach()
+                continue
+            keep = check_target(self.full, kind, targets[kind])
+            values[kind] = gate.deterministic(keep // self.group_size if kind == "heads" else keep).detach()
+        return values
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value group: head gates act on whole groups."""
+        return self.full.heads // self.full.kv_heads
+
     def expected_size(self, kind: str) -> torch.Tensor:
         """Expected size in the config's units: layers, query heads per layer, neurons per layer, hidden channels."""
         gate = self.gates[kind]
         if kind == "heads":
-            return gate.expected_l0() / self.full.layers * (self.full.heads // self.full.kv_heads)
+            return gate.expected_l0() / self.full.layers * self.group_size
         if kind == "intermediate":
             return gate.expected_l0() / self.full.layers
         return gate.expected_l0()
+
+
+def check_target(full: FullShape, kind: str, target: int) -> int:
+    """A target must be reachable: between 1 and the full size, whole GQA groups for heads."""
+    size = full.size(kind)
+    if not 1 <= target <= size:
+        raise ValueError(f"target {kind}={target} must be between 1 and the model's {size}")
+    group = full.heads // full.kv_heads
+    if kind == "heads" and target % group:
+        raise ValueError(f"target heads={target} must be a multiple of {group} (heads are pruned by key/value group)")
+    return target
 
 
 def ramped_target(full: float, target: float, step: int, warmup_steps: int) -> float:
