@@ -192,7 +192,7 @@ def masked(model, values: dict[str, torch.Tensor]):
     as the physically pruned model will.
     """
     base = base_model(model)
-    head_dim = base.config.head_dim
+    group_columns = base.config.num_attention_heads // base.config.num_key_value_heads * base.config.head_dim
     layer_gate, head_gate = values.get("layers"), values.get("heads")
     neuron_gate, hidden_gate = values.get("intermediate"), values.get("hidden")
     handles = []
@@ -216,9 +216,8 @@ def masked(model, values: dict[str, torch.Tensor]):
                 added = added * layer_gate[i]
             if hidden_gate is not None:
                 added = added * hidden_gate
-            per_group = base.config.num_attention_heads // base.config.num_key_value_heads
             if head_gate is not None:
-                per_column = head_gate[i].repeat_interleave(per_group * head_dim)
+                per_column = head_gate[i].repeat_interleave(group_columns)
                 handles.append(layer.self_attn.o_proj.register_forward_pre_hook(scale_input(per_column)))
             if neuron_gate is not None:
                 handles.append(layer.mlp.down_proj.register_forward_pre_hook(scale_input(neuron_gate[i])))
