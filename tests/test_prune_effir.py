@@ -113,3 +113,9 @@ def test_effir_prune_writes_a_smaller_encoder_equal_to_the_masked_one(enc, tiny,
         want = enc.encode_documents(TEXTS)
     small = load_encoder(str(tmp_path / "effir"), device="cpu", dtype=torch.float32, max_length=32)
     np.testing.assert_allclose(small.encode_documents(TEXTS), want, atol=2e-5)
+
+
+def test_effir_refuses_to_overwrite_its_source(tiny):
+    with pytest.raises(ValueError, match="would replace the model it comes from"):
+        effir_prune(tiny, tiny, TEXTS, drop_mlp=1, max_length=32)
+    assert load_encoder(str(tiny), device="cpu", dtype=torch.float32).model.config.num_hidden_layers == 3

@@ -141,6 +141,8 @@ def prune_llama(model, plan: PrunePlan):
 def save_pruned(model, out_dir: Path, tokenizer_from: Path | None = None) -> Path:
     """Write a pruned model as a plain folder (safetensors + config + tokenizer), all at once or not at all."""
     out_dir = Path(out_dir)
+    if tokenizer_from is not None and out_dir.resolve() == Path(tokenizer_from).resolve():
+        raise ValueError(f"{out_dir}: the pruned model would replace the model it comes from; choose another folder")
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer_from is not None:
