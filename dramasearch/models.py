@@ -116,7 +116,7 @@ def _llama_parts(folder: Path, name: str, max_length: int | None):
             "wrap other backbones as a sentence-transformers folder (modules.json)"
         )
     _require_safetensors(folder)
-    config = llama_config_from_dict(raw)
+    config = llama_config_from_dict(raw, source=str(folder / "config.json"))
     model = BidirectionalLlamaModel.from_pretrained(folder, config=config, attn_implementation="sdpa",
                                                     use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, config=config)

@@ -1,0 +1,138 @@
+"""Sheared-LLaMA pruning loop and the `prune` CLI on tiny Llamas.
+
+The loop is checked for direction (the Lagrangian pulls every expected size from the full
+shape toward its target; a sign error would leave it in place or grow it) and the final
+model for its exact target shape, its equality with the masked model, and that it still
+generates and loads as an encoder. The CLI runs both commands end to end.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import transformers
+from click.testing import CliRunner
+
+from conftest import LLAMA3_TOKENIZER, shared_path
+from dramasearch.models import load_encoder
+from test_llama_shapes import TEXTS, save_tiny_checkpoint, tiny_config
+from trainer.prune.cli import COMMANDS
+from trainer.prune.hardconcrete import masked, masks_to_plan
+from trainer.prune.shapes import ShapedLlamaForCausalLM, prune_llama
+from trainer.prune.sheared import ShearedSettings, learn_masks, lm_batches
+
+TARGETS = {"layers": 2, "heads": 2, "intermediate": 64, "hidden": 48}
+FULL = {"layers": 3, "heads": 4, "intermediate": 128, "hidden": 64}
+
+
+def random_batches(vocab: int, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        ids = torch.randint(vocab, (4, 24), generator=generator)
+        yield ids, torch.ones_like(ids)
+
+
+@pytest.fixture()
+def one_thread():
+    """70 tiny steps are dominated by thread hand-offs on a busy machine: run them on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_loop_pulls_expected_shape_to_target_and_final_masks_hit_it_exactly(one_thread):
+    torch.manual_seed(0)
+    lm = ShapedLlamaForCausalLM(tiny_config(vocab_size=300, eos_token_id=1, bos_token_id=0))
+    settings = ShearedSettings(targets=TARGETS, steps=70, warmup_steps=20, mask_lr=0.1, lagrangian_lr=3.0, model_lr=1e-3)
+    masks, history = learn_masks(lm, random_batches(300), settings, log_every=10)
+    start, end = history[0]["expected"], history[-1]["expected"]
+    for kind, target in TARGETS.items():
+        assert start[kind] > FULL[kind] - 0.05 * (FULL[kind] - target)  # gates start open (log_alpha = 5)
+        assert end[kind] < FULL[kind] - 0.5 * (FULL[kind] - target), f"{kind} did not move toward its target"
+
+    values = masks.final_values(TARGETS)
+    small = prune_llama(lm, masks_to_plan(lm, values))
+    assert small.config.num_hidden_layers == 2 and small.config.hidden_size == 48
+    assert small.config.layer_shapes == [{"heads": 2, "kv_heads": 1, "intermediate": 64}] * 2
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad(), masked(lm, values):
+        want = lm(input_ids=ids).logits
+    with torch.no_grad():
+        torch.testing.assert_close(small(input_ids=ids).logits, want, atol=2e-5, rtol=1e-4)
+
+
+def test_unreachable_targets_are_refused():
+    lm = ShapedLlamaForCausalLM(tiny_config(vocab_size=300, eos_token_id=1, bos_token_id=0))
+    for targets, message in [({"heads": 3}, "must be a multiple of 2"), ({"layers": 4}, "between 1 and the model's 3")]:
+        with pytest.raises(ValueError, match=message):
+            learn_masks(lm, random_batches(300), ShearedSettings(targets=targets, steps=1))
+
+
+def test_lm_batches_are_bos_led_windows_with_padding_masked():
+    tokenizer = transformers.AutoTokenizer.from_pretrained(shared_path("models", LLAMA3_TOKENIZER.name))
+    ids, mask = next(lm_batches(tokenizer, TEXTS, max_length=8, batch_size=16, generator=torch.Generator().manual_seed(0)))
+    assert ids.shape[0] == 16 and ids.shape[1] <= 8
+    windows = {tuple(row[: int(m.sum())].tolist()) for row, m in zip(ids, mask)}
+    first = [128000, *tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]][:8]
+    all_windows = set()
+    for text in TEXTS:
+        full = [128000, *tokenizer(text, add_special_tokens=False)["input_ids"]]
+        all_windows |= {tuple(full[i : i + 8]) for i in range(0, len(full), 8) if len(full[i : i + 8]) > 1}
+    assert windows <= all_windows and tuple(first) in all_windows
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(TEXTS * 3)))
+    return path
+
+
+def test_cli_sheared_prunes_a_causal_lm_that_generates_and_encodes(tmp_path, corpus):
+    tokenizer_dir = shared_path("models", LLAMA3_TOKENIZER.name)
+    source = tmp_path / "lm"
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(tiny_config(tie_word_embeddings=True)).save_pretrained(source)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, source / name)
+    args = ["prune", "sheared", str(source), "-o", str(tmp_path / "out"), "--calibration", str(corpus),
+            "--target-heads", "2", "--target-intermediate", "96", "--steps", "2", "--warmup-steps", "1",
+            "--max-length", "16", "--batch-size", "2"]
+    result = CliRunner().invoke(_cli(), args, catch_exceptions=False)
+    report = json.loads(result.stdout)
+    assert report["layer_shapes"] == [{"heads": 2, "kv_heads": 1, "intermediate": 96}] * 3
+    small = ShapedLlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert small.generate(torch.tensor([[128000, 791]]), max_new_tokens=4, do_sample=False).shape == (1, 6)
+    encoder = load_encoder(str(tmp_path / "out"), device="cpu", dtype=torch.float32)
+    assert encoder.encode_documents(TEXTS).shape == (len(TEXTS), 64)
+
+
+def test_cli_sheared_refuses_an_encoder_checkpoint(tmp_path, corpus):
+    encoder_dir = save_tiny_checkpoint(tmp_path / "enc")  # LlamaModel weights only, untied: no LM head
+    args = ["prune", "sheared", str(encoder_dir), "-o", str(tmp_path / "out"), "--calibration", str(corpus),
+            "--target-layers", "2", "--steps", "1"]
+    result = CliRunner().invoke(_cli(), args)
+    assert isinstance(result.exception, ValueError) and "no language-modelling head" in str(result.exception)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_effir_writes_a_pruned_encoder(tmp_path, corpus):
+    encoder_dir = save_tiny_checkpoint(tmp_path / "enc")
+    args = ["prune", "effir", str(encoder_dir), "-o", str(tmp_path / "out"), "--calibration", str(corpus),
+            "--drop-mlp", "2", "--mlp-keep", "0.5", "--max-length", "32"]
+    result = CliRunner().invoke(_cli(), args, catch_exceptions=False)
+    report = json.loads(result.stdout)
+    assert sorted(s["intermediate"] for s in report["layer_shapes"]) == [0, 0, 64]
+    assert load_encoder(str(tmp_path / "out"), device="cpu", dtype=torch.float32).encode_queries(["x"]).shape == (1, 64)
+
+
+def _cli():
+    import click
+
+    group = click.Group()
+    for command in COMMANDS:
+        group.add_command(command)
+    return group
