@@ -323,3 +323,7 @@ def main() -> None:
     except (DramaSearchError, ValueError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

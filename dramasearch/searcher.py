@@ -65,6 +65,7 @@ class Searcher:
         dim: int | None = None,
         device: str | None = None,
         *,
+        kind: str | None = None,
         encoder: Encoder | None = None,
         model: str | None = None,
         dtype: torch.dtype | None = None,
@@ -83,7 +84,7 @@ class Searcher:
         self._lock = threading.Lock()
         self._closed = False
         self.follow, self.follow_interval, self._checked = follow and generation is None, follow_interval, time.monotonic()
-        self._requested_dim, self._nprobe, self._ef_search, self._mmap = dim, nprobe, ef_search, mmap
+        self._requested_dim, self._requested_kind, self._nprobe, self._ef_search, self._mmap = dim, kind, nprobe, ef_search, mmap
         self._device, self._dtype = device, dtype
         spec = encoder_spec(self._snap.generation.encoder)
         self._encoder = encoder if encoder is not None else self._load_encoder(spec, model)
@@ -131,7 +132,7 @@ class Searcher:
             ) from None
 
     def _select_index(self, snap: Snapshot) -> None:
-        self._entry = snap.index_entry(self._requested_dim)
+        self._entry = snap.index_entry(self._requested_dim, self._requested_kind)
         self._index_name = f"dim{self._entry['dim']}-{self._entry['kind']}"
         self.index_kind = self._entry["kind"]
 

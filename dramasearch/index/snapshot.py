@@ -102,11 +102,13 @@ class Snapshot:
         return not (j < len(rows) and rows[j] == row)
 
     # --- FAISS ---------------------------------------------------------------------------------
-    def index_entry(self, dim: int | None) -> dict:
-        """The generation's index at `dim`, or the largest dim when none is asked for."""
-        indexes = self.generation.indexes
+    def index_entry(self, dim: int | None, kind: str | None = None) -> dict:
+        """The generation's index at `dim` (and `kind`), by default the largest dim built."""
+        indexes = [ix for ix in self.generation.indexes if kind is None or ix["kind"] == kind]
         if not indexes:
-            raise IndexFormatError(f"{self.dir.root}: generation {self.number} lists no FAISS index")
+            built = [f"{ix['dim']}/{ix['kind']}" for ix in self.generation.indexes]
+            raise IndexFormatError(f"{self.dir.root}: generation {self.number} has no {kind or 'FAISS'} index "
+                                   f"(built: {built}); add one with `dramasearch add-dim`")
         if dim is None:
             return max(indexes, key=lambda ix: ix["dim"])
         for entry in indexes:
