@@ -76,6 +76,25 @@ def read_examples(path: str | Path) -> Iterator[TrainingExample]:
     return (example_from_json(record, path, line_no) for line_no, record in iter_json_objects(path))
 
 
+def read_examples_or_queries(path: str | Path) -> tuple[Iterable[TrainingExample], int | None]:
+    """Tevatron examples, or the queries of a queries file as examples without passages.
+
+    For steps that label queries themselves (mining with top ranks as positives, LLM
+    reranking). A jsonl whose first record has "positive_passages" is Tevatron; anything
+    else is read by dramasearch's `read_queries` (BEIR/MLDR jsonl, tsv, BEIR folder).
+    Returns the examples and their count when known without reading them all.
+    """
+    from dramasearch.topics import read_queries
+
+    path = Path(path)
+    if path.is_file() and path.name.lower().endswith((".jsonl", ".jsonl.gz")):
+        first = next(iter_json_objects(path), None)
+        if first is not None and "positive_passages" in first[1]:
+            return read_examples(path), None
+    queries = read_queries(path)
+    return [TrainingExample(q.id, q.text, [], []) for q in queries], len(queries)
+
+
 def write_examples(path: str | Path, examples: Iterable[TrainingExample]) -> int:
     """Write examples as Tevatron jsonl (gzipped for .gz) atomically; returns how many were written."""
     path = Path(path)

@@ -55,6 +55,11 @@ class CausalLM:
             text = (f"{system}\n\n" if system else "") + f"{user}\n\n"
         return text + answer_prefix
 
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """`text` cut to its first `max_tokens` tokens (unchanged when it fits)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens])
+
     def _batch(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         # Left padding: every row's last position is its own last prompt token, which both
         # generation and next-token scoring need. Chat templates already hold BOS.

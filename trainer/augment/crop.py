@@ -15,8 +15,8 @@ from typing import Iterable, Iterator
 from ..data import Passage, TrainingExample, write_examples
 from .retrieval import load_passages
 
-# A sentence ends at . ! ? (then whitespace) or at CJK full stops (no whitespace needed).
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+|(?<=[。！？])")
+# A sentence ends at . ! ? (maybe closed by a quote or bracket) then whitespace, or at a CJK full stop.
+_BOUNDARY = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'’”)\]]))\s+|(?<=[。！？])")
 # Words after which a full stop does not end a sentence.
 _ABBREVIATIONS = frozenset(
     "e.g i.e etc al fig figs eq eqs ref refs vs cf approx dr mr mrs ms prof st no vol pp ca resp".split()

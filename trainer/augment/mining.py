@@ -12,11 +12,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from dramasearch.corpus import iter_json_objects
 from dramasearch.encoder import Encoder
-from dramasearch.topics import read_queries
 
-from ..data import TrainingExample, read_examples
+from ..data import TrainingExample, read_examples_or_queries
 from .resume import Progress, ResumableOutput, run_batches
 from .retrieval import DenseCorpus, load_passages, top_k
 
@@ -122,19 +120,8 @@ def mine_negatives(
     if output.progress.finished:
         return output.progress
     dense = DenseCorpus.encode(encoder, load_passages(corpus, corpus_limit), config.dim)
-    inputs, total = _inputs(examples)
+    inputs, total = read_examples_or_queries(examples)
     return run_batches(
         output, inputs, lambda _, batch: mine_batch(encoder, dense, batch, config),
         batch_size=batch_size, total=total, desc="mining",
     )
-
-
-def _inputs(path: str | Path) -> tuple[Iterable[TrainingExample], int | None]:
-    """Tevatron examples (a jsonl whose first record has a "positive_passages" field) or a queries file."""
-    path = Path(path)
-    if path.name.lower().endswith((".jsonl", ".jsonl.gz")) and path.is_file():
-        first = next(iter_json_objects(path), None)
-        if first is not None and "positive_passages" in first[1]:
-            return read_examples(path), None
-    queries = read_queries(path)
-    return [TrainingExample(q.id, q.text, [], []) for q in queries], len(queries)

@@ -19,6 +19,7 @@ from dramasearch.errors import InputError
 from ..data import Passage
 
 CHUNK_ROWS = 1 << 16
+TIE_EPS = 1e-6
 
 
 def load_passages(corpus: str | Path, limit: int | None = None) -> list[Passage]:
@@ -78,11 +79,18 @@ def top_k(queries: np.ndarray, docs: np.ndarray, k: int, chunk_rows: int = CHUNK
 
 
 def ranks_of(queries: np.ndarray, docs: np.ndarray, targets: np.ndarray, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
-    """1-based rank of document targets[i] for query i (ties counted in the target's favour)."""
+    """1-based rank of document targets[i] for query i.
+
+    Ties, up to float rounding (`TIE_EPS`; a product computed in two ways can differ in its last
+    bits), count in the target's favour, and the target never outranks itself.
+    """
     target_scores = np.einsum("ij,ij->i", queries, docs[targets])
     above = np.zeros(queries.shape[0], dtype=np.int64)
     for start in range(0, docs.shape[0], chunk_rows):
-        above += (queries @ docs[start : start + chunk_rows].T > target_scores[:, None]).sum(axis=1)
+        scores = queries @ docs[start : start + chunk_rows].T
+        inside = (targets >= start) & (targets < start + scores.shape[1])
+        scores[inside, targets[inside] - start] = -np.inf
+        above += (scores > target_scores[:, None] + TIE_EPS).sum(axis=1)
     return above + 1
 
 
