@@ -42,17 +42,28 @@ class CausalLM:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def chat_prompt(self, user: str, system: str | None = None, answer_prefix: str = "") -> str:
+    def chat_prompt(
+        self, user: str, system: str | None = None, answer_prefix: str = "", shots: Sequence[tuple[str, str]] = ()
+    ) -> str:
         """The text to continue: the chat template when the model has one, else plain turns.
 
-        `answer_prefix` is written at the start of the model's answer, so a small model
+        `shots` are (user, answer) example turns before the real one: a small chat model
+        copies an example's shape (and stops after it) more reliably than it follows
+        examples pasted into one message. `answer_prefix` starts the model's answer, so it
         continues a fixed output shape instead of choosing one.
         """
+        turns = [*shots, (user, None)]
         if self.has_chat_template:
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+            messages = [{"role": "system", "content": system}] if system else []
+            for question, answer in turns:
+                messages.append({"role": "user", "content": question})
+                if answer is not None:
+                    messages.append({"role": "assistant", "content": answer})
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         else:
-            text = (f"{system}\n\n" if system else "") + f"{user}\n\n"
+            text = (f"{system}\n\n" if system else "") + "".join(
+                f"{q}\n\n" + (f"{a}\n\n" if a is not None else "") for q, a in turns
+            )
         return text + answer_prefix
 
     def truncate(self, text: str, max_tokens: int) -> str:

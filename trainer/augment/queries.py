@@ -74,9 +74,9 @@ class QueryGenConfig:
 
 
 def build_prompt(lm: CausalLM, passage_text: str) -> str:
-    shots = "\n\n".join(f"Passage: {p}\nTask: {t}\nQuery: {q}\nLanguage: {lang}" for p, t, q, lang in FEW_SHOT)
-    user = f"{INSTRUCTION}\n\n{shots}\n\nPassage: {passage_text}"
-    return lm.chat_prompt(user, system=SYSTEM, answer_prefix=ANSWER_PREFIX)
+    """Instruction, then each few-shot example as its own chat turn, then the passage."""
+    shots = [(f"{INSTRUCTION}\n\nPassage: {p}", f"Task: {t}\nQuery: {q}\nLanguage: {lang}") for p, t, q, lang in FEW_SHOT]
+    return lm.chat_prompt(f"{INSTRUCTION}\n\nPassage: {passage_text}", system=SYSTEM, answer_prefix=ANSWER_PREFIX, shots=shots)
 
 
 def parse_query(completion: str, min_words: int = 2, max_words: int = 48) -> str | None:
@@ -101,6 +101,9 @@ def normalize_query(query: str) -> str:
     return " ".join("".join(ch if not unicodedata.category(ch).startswith("P") else " " for ch in text).split())
 
 
+_PROMPT_KEYS = [normalize_query(text) for shot in FEW_SHOT for text in shot[:3]]
+
+
 def select_queries(
     encoder: Encoder,
     corpus: DenseCorpus | None,
@@ -111,13 +114,14 @@ def select_queries(
 ) -> tuple[list[TrainingExample], dict[str, int]]:
     """Keep, per source passage, up to `queries_per_passage` parsed, new, round-trip-consistent queries.
 
-    `candidates[i]` are the parsed queries for `sources[i]` (None: unparsable). `seen`
+    `candidates[i]` are the parsed queries for `sources[i]` (None: unparsable). Text taken
+    from the few-shot examples (small LLMs copy them) is dropped. `seen`
     holds the keys of queries kept so far and is updated; only kept queries enter it, so a
     resumed run (which rebuilds it from the output) decides exactly as an uninterrupted one.
     """
     if config.round_trip_k is not None and corpus is None:
         raise ValueError("round_trip_k is set but no corpus was given to check queries against")
-    counts = {"unparsable": 0, "duplicate": 0, "round_trip": 0, "kept": 0}
+    counts = {"unparsable": 0, "copied_from_prompt": 0, "duplicate": 0, "round_trip": 0, "kept": 0}
     flat: list[tuple[int, str, str]] = []
     for i, queries in enumerate(candidates):
         batch_keys: set[str] = set()
@@ -126,6 +130,9 @@ def select_queries(
                 counts["unparsable"] += 1
                 continue
             key = normalize_query(query)
+            if any(key in shown for shown in _PROMPT_KEYS):
+                counts["copied_from_prompt"] += 1
+                continue
             if key in seen or key in batch_keys:
                 counts["duplicate"] += 1
                 continue
@@ -160,19 +167,22 @@ def generate_queries(
     *,
     batch_size: int = 8,
     limit: int | None = None,
+    corpus_limit: int | None = None,
 ) -> Progress:
     """Generate queries for the first `limit` passages of `corpus`; resumable (see resume.py).
 
-    The round-trip retriever searches those same passages. Sampling is seeded per batch,
-    so a resumed run reproduces an uninterrupted one on the same machine.
+    The round-trip retriever searches the first `corpus_limit` passages (all by default).
+    Sampling is seeded per batch, so a resumed run reproduces an uninterrupted one on the
+    same machine.
     """
     output = ResumableOutput(out, {
-        "step": "queries", "corpus": str(corpus), "limit": limit, "llm": lm.name,
+        "step": "queries", "corpus": str(corpus), "limit": limit, "corpus_limit": corpus_limit, "llm": lm.name,
         "retriever": encoder.spec.name, "batch_size": batch_size, **asdict(config),
     })
     if output.progress.finished:
         return output.progress
-    passages = load_passages(corpus, limit)
+    passages = load_passages(corpus, corpus_limit)
+    sources = passages[:limit] if limit is not None else passages
     dense = DenseCorpus.encode(encoder, passages, config.dim) if config.round_trip_k is not None else None
     seen = {normalize_query(e.query) for e in output.written()}
 
@@ -185,7 +195,7 @@ def generate_queries(
         parsed = [[parse_query(ANSWER_PREFIX + c, config.min_words, config.max_words) for c in per] for per in completions]
         return select_queries(encoder, dense, batch, parsed, seen, config)
 
-    return run_batches(output, passages, process, batch_size=batch_size, total=len(passages), desc="queries")
+    return run_batches(output, sources, process, batch_size=batch_size, total=len(sources), desc="queries")
 
 
 def _row(corpus: DenseCorpus, passage: Passage) -> int:
