@@ -18,7 +18,7 @@ import trainer.train as train_module
 from dramasearch.models import load_encoder
 from trainer.gradcache import TokenizedBatch, contrastive_step
 from trainer.losses import MatryoshkaInfoNCE
-from trainer.train import TrainSettings, train
+from trainer.train import TrainSettings, enable_activation_checkpointing, train
 from trainer_helpers import examples, make_tiny_drama, write_dev_set, write_train_file
 
 QUERIES = ["What percentage of the Earth's atmosphere is oxygen?", "意大利首都是哪里？", "capital"]
@@ -138,7 +138,7 @@ def test_gradient_checkpointing_keeps_gradients(tiny):
     contrastive_step(encoder, batch, LOSS)
     plain = _grads(encoder.model)
     encoder.model.zero_grad(set_to_none=True)
-    encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(encoder.model)
     contrastive_step(encoder, batch, LOSS)
     _assert_same_grads(plain, _grads(encoder.model))
 
@@ -190,11 +190,23 @@ def test_resumed_run_repeats_the_uninterrupted_run(tiny_dropout, data, tmp_path,
     assert resumed.evaluations == whole.evaluations
 
 
-def test_resume_refuses_other_settings(tiny, data, tmp_path):
-    train(_settings(tiny, data, tmp_path, max_steps=1, dev_corpus=None, dev_queries=None, dev_qrels=None))
-    with pytest.raises(ValueError, match=r"learning_rate: 0.001 -> 0.01"):
-        train(_settings(tiny, data, tmp_path, max_steps=1, learning_rate=1e-2,
-                        dev_corpus=None, dev_queries=None, dev_qrels=None))
+def test_cli_trains_and_a_resume_refuses_other_settings(tiny, data, tmp_path):
+    import click
+    from click.testing import CliRunner
+
+    from trainer.cli import COMMANDS
+
+    group = click.Group("dramasearch", commands={c.name: c for c in COMMANDS})
+    train_file, _ = data
+    args = ["train", str(train_file), "-o", str(tmp_path), "--model", str(tiny), "--negatives", "2", "--batch-size", "4",
+            "--max-steps", "1", "--lr", "1e-3", "--matryoshka-dims", "64,16", "--matryoshka-weights", "1,0.5",
+            "--chunk-size", "4", "--max-length", "48"]
+    result = CliRunner().invoke(group, args, catch_exceptions=False)
+    assert result.exit_code == 0 and "trained 1 steps on 8 examples" in result.output
+    saved = json.loads((tmp_path / "checkpoint" / "state.json").read_text())["settings"]
+    assert saved["matryoshka_dims"] == [64, 16] and saved["matryoshka_weights"] == [1.0, 0.5]
+    with pytest.raises(ValueError, match=r"other settings \(learning_rate: 0.001 -> 0.01\)"):
+        train(TrainSettings(**{**saved, "learning_rate": 1e-2, "save_steps": 7}))  # save_steps may change
 
 
 def test_worse_than_baseline_keeps_the_baseline(tiny, data, tmp_path, monkeypatch):
@@ -245,7 +257,8 @@ def test_two_ranks_equal_one_process(tiny, data, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     settings = _settings(tiny, data, tmp_path / "ranks", **common).to_dict()
-    mp.spawn(_rank_main, args=(port, settings, str(tmp_path / "losses.json")), nprocs=2, join=True)
+    # fork: the ranks inherit the imported modules instead of paying for them again
+    mp.start_processes(_rank_main, args=(port, settings, str(tmp_path / "losses.json")), nprocs=2, start_method="fork")
     losses = json.loads((tmp_path / "losses.json").read_text())
     np.testing.assert_allclose(losses, single.losses, rtol=0, atol=1e-5)
     assert (tmp_path / "ranks" / "last" / "model.safetensors").is_file()

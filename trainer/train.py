@@ -46,7 +46,7 @@ from .losses import MatryoshkaInfoNCE
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # Settings that may change between a run and its resumption (they do not change any step's result).
-RESUMABLE_CHANGES = {"save_steps", "show_progress", "device"}
+RESUMABLE_CHANGES = {"save_steps", "eval_steps", "show_progress", "device"}
 
 
 @dataclass
@@ -146,7 +146,7 @@ def train(settings: TrainSettings) -> TrainReport:
 
     model = encoder.model
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(settings.warmup_steps, total_steps))
     autocast = _autocast(settings.precision, device)
@@ -198,6 +198,15 @@ def train(settings: TrainSettings) -> TrainReport:
         atomic_write_bytes(output / "report.json", json.dumps(dataclasses.asdict(report), indent=1).encode())
     _barrier(world)
     return report
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute layer activations in backward (transformers renamed this from gradient_checkpointing_enable)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _check_examples(examples: list[TrainingExample], settings: TrainSettings) -> int:
