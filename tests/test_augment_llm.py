@@ -1,0 +1,83 @@
+"""trainer.llm on a tiny random Llama (Llama-3 tokenizer): loading rules, padding, seeding, rankers."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from conftest import LLAMA3_TOKENIZER, shared_path
+from dramasearch.errors import ModelLoadError
+from trainer.augment.rerank import listwise_ranker, pointwise_ranker
+from trainer.llm import load_causal_lm
+
+
+@pytest.fixture(scope="module")
+def tiny_lm_folder(tmp_path_factory):
+    import transformers
+
+    tokenizer_dir = shared_path("models", LLAMA3_TOKENIZER.name)
+    folder = tmp_path_factory.mktemp("tiny-causal-llama")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=128256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_lm_folder):
+    return load_causal_lm(tiny_lm_folder)
+
+
+def test_refuses_pickled_weights(tiny_lm_folder, tmp_path):
+    folder = tmp_path / "bin-only"
+    shutil.copytree(tiny_lm_folder, folder)
+    for f in folder.glob("*.safetensors"):
+        f.unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelLoadError, match="no \\*.safetensors weights"):
+        load_causal_lm(folder)
+
+
+def test_next_token_logprobs_ignore_left_padding(lm):
+    prompts = ["Is the sky blue?", "A much longer prompt about whether passages answer queries, padded less."]
+    words = ["yes", "no", " maybe"]
+    batched = lm.next_token_logprobs(prompts, words)
+    for row, prompt in enumerate(prompts):
+        ids = lm.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            alone = torch.log_softmax(lm.model(input_ids=ids).logits[0, -1].float(), -1)
+        first = [lm.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words]
+        assert torch.allclose(batched[row], alone[first], atol=1e-4)
+    with pytest.raises(ValueError, match="distinct tokens"):
+        lm.next_token_logprobs(prompts, ["yes", "yes please"])
+
+
+def test_sampling_is_seeded(lm):
+    prompts = [lm.chat_prompt("Passage: rain falls.", shots=[("Passage: x", "Query: y")]), "short"]
+    kwargs = dict(max_new_tokens=6, num_return_sequences=2, temperature=0.8, top_p=0.9)
+    first = lm.generate(prompts, seed=3, **kwargs)
+    assert lm.generate(prompts, seed=3, **kwargs) == first
+    assert len(first) == 2 and all(len(c) == 2 for c in first)
+    assert any(lm.generate(prompts, seed=s, **kwargs) != first for s in (4, 5))
+
+
+def test_plain_prompt_without_chat_template(lm):
+    assert not lm.has_chat_template  # the Llama-3 tokenizer files here carry no template
+    text = lm.chat_prompt("Q2", system="S", answer_prefix="[", shots=[("Q1", "A1")])
+    assert text == "S\n\nQ1\n\nA1\n\nQ2\n\n["
+    assert lm.truncate("one two three four five six", 3) == "one two three"
+
+
+def test_rankers_return_permutations(lm):
+    """A random model's answers are noise; the rankers must still return full permutations."""
+    queries = ["why does it rain", "violin strings"]
+    candidates = [[f"passage {i} about rain" for i in range(3)], [f"passage {i}" for i in range(2)]]
+    for rank in (listwise_ranker(lm), pointwise_ranker(lm, prompts_per_call=3)):
+        orders = rank(queries, candidates)
+        assert [sorted(o) for o in orders] == [list(range(3)), list(range(2))]
