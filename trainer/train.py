@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -172,6 +173,9 @@ def train(settings: TrainSettings) -> TrainReport:
         batch = _batch(encoder, examples, step, steps_per_epoch, settings, rank, world)
         optimizer.zero_grad(set_to_none=True)
         loss = contrastive_step(encoder, batch, loss_fn, settings.chunk_size, autocast)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"step {step + 1}: the loss is {loss}; lower the learning rate or raise the "
+                                     f"temperature, then resume from {output / 'checkpoint'}")
         _sum_gradients(model, world)
         if settings.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
