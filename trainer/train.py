@@ -325,9 +325,9 @@ def _sum_gradients(model: torch.nn.Module, world: int) -> None:
     """Each rank holds its share of the global loss's gradient; the sum is the whole of it."""
     if world == 1:
         return
-    for param in model.parameters():
-        if param.grad is not None:
-            dist.all_reduce(param.grad)
+    pending = [dist.all_reduce(p.grad, async_op=True) for p in model.parameters() if p.grad is not None]
+    for work in pending:
+        work.wait()
 
 
 def _barrier(world: int) -> None:
