@@ -6,7 +6,7 @@ import json
 import pytest
 
 from trainer.augment.queries import (
-    FEW_SHOT, QueryGenConfig, generate_queries, normalize_query, parse_query, select_queries,
+    FEW_SHOT, QueryGenConfig, copied_from_prompt, generate_queries, normalize_query, parse_query, select_queries,
 )
 from trainer.augment.retrieval import DenseCorpus
 from trainer.data import Passage, read_examples
@@ -40,6 +40,14 @@ def test_parse_query(completion, expected):
 def test_normalize_query():
     assert normalize_query("  Why does it RAIN?! ") == normalize_query("why does it rain") == "why does it rain"
     assert normalize_query("Ｑué hace") == "qué hace"  # NFKC folds full-width letters
+
+
+def test_copied_from_prompt():
+    assert copied_from_prompt(normalize_query(FEW_SHOT[1][2].upper() + "?"))
+    assert copied_from_prompt(normalize_query("high serum ferritin was linked to a greater risk"))  # from a shot passage
+    assert not copied_from_prompt("coral reef")  # too short to call a copy
+    assert not copied_from_prompt("largest coral reef system in queensland waters")  # not a run of shot text
+    assert not copied_from_prompt("serum ferritin was link")  # word boundaries
 
 
 def test_select_queries_dedup_copy_and_round_trip(minilm):

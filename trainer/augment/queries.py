@@ -102,6 +102,16 @@ def normalize_query(query: str) -> str:
 
 
 _PROMPT_KEYS = [normalize_query(text) for shot in FEW_SHOT for text in shot[:3]]
+COPY_MIN_WORDS = 4
+
+
+def copied_from_prompt(key: str) -> bool:
+    """True for a normalized query that is a few-shot query or task, or a run of 4+ words from
+    a few-shot text: small LLMs copy their examples, and such a query is not about the passage."""
+    for shown in _PROMPT_KEYS:
+        if key == shown or (len(key.split()) >= COPY_MIN_WORDS and f" {key} " in f" {shown} "):
+            return True
+    return False
 
 
 def select_queries(
@@ -114,10 +124,9 @@ def select_queries(
 ) -> tuple[list[TrainingExample], dict[str, int]]:
     """Keep, per source passage, up to `queries_per_passage` parsed, new, round-trip-consistent queries.
 
-    `candidates[i]` are the parsed queries for `sources[i]` (None: unparsable). Text taken
-    from the few-shot examples (small LLMs copy them) is dropped. `seen`
-    holds the keys of queries kept so far and is updated; only kept queries enter it, so a
-    resumed run (which rebuilds it from the output) decides exactly as an uninterrupted one.
+    `candidates[i]` are the parsed queries for `sources[i]` (None: unparsable). `seen` holds
+    the keys of queries kept so far and is updated; only kept queries enter it, so a resumed
+    run (which rebuilds it from the output) decides exactly as an uninterrupted one.
     """
     if config.round_trip_k is not None and corpus is None:
         raise ValueError("round_trip_k is set but no corpus was given to check queries against")
@@ -130,7 +139,7 @@ def select_queries(
                 counts["unparsable"] += 1
                 continue
             key = normalize_query(query)
-            if any(key in shown for shown in _PROMPT_KEYS):
+            if copied_from_prompt(key):
                 counts["copied_from_prompt"] += 1
                 continue
             if key in seen or key in batch_keys:
