@@ -61,7 +61,9 @@ def test_next_token_logprobs_ignore_left_padding(lm):
 def test_sampling_is_seeded(lm):
     prompts = [lm.chat_prompt("Passage: rain falls.", shots=[("Passage: x", "Query: y")]), "short"]
     kwargs = dict(max_new_tokens=6, num_return_sequences=2, temperature=0.8, top_p=0.9)
+    state = torch.random.get_rng_state()
     first = lm.generate(prompts, seed=3, **kwargs)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random stream is untouched
     assert lm.generate(prompts, seed=3, **kwargs) == first
     assert len(first) == 2 and all(len(c) == 2 for c in first)
     assert any(lm.generate(prompts, seed=s, **kwargs) != first for s in (4, 5))

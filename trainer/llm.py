@@ -92,20 +92,23 @@ class CausalLM:
 
         With `seed`, sampling is reproducible for the same batch of prompts on the same machine.
         """
-        if seed is not None:
-            torch.manual_seed(seed)
         batch = self._batch(prompts)
         sampling = temperature > 0
-        out = self.model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=top_p if sampling else None,
-            top_k=None,
-            num_return_sequences=num_return_sequences,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        # The seed applies to this call only: the caller's random stream is restored afterwards.
+        device = next(self.model.parameters()).device
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=sampling,
+                temperature=temperature if sampling else None,
+                top_p=top_p if sampling else None,
+                top_k=None,
+                num_return_sequences=num_return_sequences,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
         texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         return [texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
 
