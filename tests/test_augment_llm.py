@@ -1,14 +1,21 @@
 """trainer.llm on a tiny random Llama (Llama-3 tokenizer): loading rules, padding, seeding, rankers."""
 from __future__ import annotations
 
+import json
 import shutil
+
+import numpy as np
 
 import pytest
 import torch
 
 from conftest import LLAMA3_TOKENIZER, shared_path
 from dramasearch.errors import ModelLoadError
-from trainer.augment.rerank import listwise_ranker, pointwise_ranker
+from trainer.augment.rerank import (
+    RerankConfig, listwise_ranker, pointwise_prompt, pointwise_ranker, relevance_scores, rerank_pseudo_labels, YES_WORDS,
+    NO_WORDS,
+)
+from trainer.data import read_examples
 from trainer.llm import load_causal_lm
 
 
@@ -83,3 +90,25 @@ def test_rankers_return_permutations(lm):
     for rank in (listwise_ranker(lm), pointwise_ranker(lm, prompts_per_call=3)):
         orders = rank(queries, candidates)
         assert [sorted(o) for o in orders] == [list(range(3)), list(range(2))]
+
+
+def test_rerank_pseudo_labels_pointwise(tmp_path, lm, minilm):
+    """Labels equal a recomputation from the parts: MiniLM's top-6, each scored yes-vs-no by the LLM."""
+    texts = ["Rain falls from clouds.", "Violins have four strings.", "Tides follow the moon.", "Clouds hold water.",
+             "Storms bring heavy rain.", "Bread rises with yeast.", "Snow is frozen rain.", "Umbrellas keep you dry."]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"_id": "q1", "text": "why does it rain"}) + "\n")
+    config = RerankConfig(method="pointwise", depth=6, negative_ranks=(4, 6))
+    progress = rerank_pseudo_labels(queries, corpus, tmp_path / "out.jsonl", lm, minilm, config, batch_size=1)
+    (example,) = read_examples(tmp_path / "out.jsonl")
+
+    scores = minilm.encode_queries(["why does it rain"]) @ minilm.encode_documents(texts).T
+    top = np.argsort(-scores[0], kind="stable")[:6]
+    prompts = [pointwise_prompt(lm, "why does it rain", texts[i]) for i in top]
+    relevance = relevance_scores(lm.next_token_logprobs(prompts, YES_WORDS + NO_WORDS)).tolist()
+    order = [top[i] for i in sorted(range(6), key=lambda i: -relevance[i])]
+    assert example.positives[0].docid == f"d{order[0]}"
+    assert [p.docid for p in example.negatives] == [f"d{i}" for i in order[3:6]]
+    assert progress.finished and progress.counts["kept"] == 1

@@ -139,6 +139,8 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     name = str(source)
+    if Path(name).expanduser().exists():
+        name = str(Path(name).expanduser().resolve())  # resumable outputs compare names across folders
     if name == DEFAULT_LLM:
         source = smollm2_gguf_path()
     path = Path(source).expanduser()

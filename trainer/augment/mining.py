@@ -114,7 +114,7 @@ def mine_negatives(
     then need `top_positives` > 0.
     """
     output = ResumableOutput(out, {
-        "step": "mining", "examples": str(examples), "corpus": str(corpus), "corpus_limit": corpus_limit,
+        "step": "mining", "examples": str(Path(examples).resolve()), "corpus": str(Path(corpus).resolve()), "corpus_limit": corpus_limit,
         "model": encoder.spec.name, "batch_size": batch_size, **asdict(config),
     })
     if output.progress.finished:

@@ -185,7 +185,7 @@ def generate_queries(
     same machine.
     """
     output = ResumableOutput(out, {
-        "step": "queries", "corpus": str(corpus), "limit": limit, "corpus_limit": corpus_limit, "llm": lm.name,
+        "step": "queries", "corpus": str(Path(corpus).resolve()), "limit": limit, "corpus_limit": corpus_limit, "llm": lm.name,
         "retriever": encoder.spec.name, "batch_size": batch_size, **asdict(config),
     })
     if output.progress.finished:

@@ -166,7 +166,7 @@ def rerank_pseudo_labels(
 ) -> Progress:
     """Label every query of `examples` (Tevatron jsonl or a queries file) by LLM reranking; resumable."""
     output = ResumableOutput(out, {
-        "step": "rerank", "examples": str(examples), "corpus": str(corpus), "corpus_limit": corpus_limit,
+        "step": "rerank", "examples": str(Path(examples).resolve()), "corpus": str(Path(corpus).resolve()), "corpus_limit": corpus_limit,
         "llm": lm.name, "retriever": encoder.spec.name, "batch_size": batch_size, **asdict(config),
     })
     if output.progress.finished:

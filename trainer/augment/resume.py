@@ -42,7 +42,10 @@ def progress_path(out: Path) -> Path:
 
 
 class ResumableOutput:
-    """An output jsonl plus its progress file; `config` must match the run that started it."""
+    """An output jsonl plus its progress file; `config` must match the run that started it.
+
+    Steps put absolute input paths in `config`, so a rerun from another folder still matches.
+    """
 
     def __init__(self, out: str | Path, config: dict):
         self.out = Path(out)
