@@ -54,21 +54,19 @@ def contrastive_step(
         return float(loss.detach())
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    chunks = _chunks(batch.queries, chunk_size) + _chunks(batch.passages, chunk_size)
+    query_chunks, passage_chunks = _chunks(batch.queries, chunk_size), _chunks(batch.passages, chunk_size)
+    chunks = query_chunks + passage_chunks
     reps, states = [], []
     with torch.no_grad():
         for chunk in chunks:
             states.append(RandomState.capture(encoder.device))
             with autocast():
                 reps.append(encoder.embed_ids(chunk))
-    num_query_chunks = len(_chunks(batch.queries, chunk_size))
-    queries = torch.cat(reps[:num_query_chunks]).requires_grad_()
-    passages = torch.cat(reps[num_query_chunks:]).requires_grad_()
+    queries = torch.cat(reps[: len(query_chunks)]).requires_grad_()
+    passages = torch.cat(reps[len(query_chunks) :]).requires_grad_()
     loss = loss_fn(gather_keep_local_grad(queries), gather_keep_local_grad(passages))
     loss.backward()
-    cached = list(queries.grad.split([len(c) for c in chunks[:num_query_chunks]])) + list(
-        passages.grad.split([len(c) for c in chunks[num_query_chunks:]])
-    )
+    cached = [*queries.grad.split([len(c) for c in query_chunks]), *passages.grad.split([len(c) for c in passage_chunks])]
     for chunk, state, grad in zip(chunks, states, cached):
         state.restore()
         with autocast():
