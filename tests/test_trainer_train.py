@@ -160,7 +160,7 @@ def test_bf16_autocast_changes_precision_not_the_loss(tiny):
 
 def _settings(model, data, output, **overrides) -> TrainSettings:
     train_file, (corpus, queries, qrels) = data
-    base = dict(model=str(model), train_data=str(train_file), output=str(output), negatives_per_query=2,
+    base = dict(model=str(model), train_data=train_file, output=output, negatives_per_query=2,  # Paths welcome
                 batch_size=4, max_steps=4, learning_rate=1e-3, warmup_steps=1, temperature=0.05,
                 matryoshka_dims=(64, 16), matryoshka_weights=(1.0, 0.5), chunk_size=5, save_steps=2,
                 eval_steps=2, dev_corpus=str(corpus), dev_queries=str(queries), dev_qrels=str(qrels),

@@ -53,8 +53,8 @@ RESUMABLE_CHANGES = {"save_steps", "eval_steps", "show_progress", "device"}
 @dataclass
 class TrainSettings:
     model: str  # alias, hub id or folder, as dramasearch's load_encoder takes
-    train_data: str  # Tevatron jsonl(.gz): query_id, query, positive_passages, negative_passages
-    output: str
+    train_data: str | Path  # Tevatron jsonl(.gz): query_id, query, positive_passages, negative_passages
+    output: str | Path
     negatives_per_query: int = 7
     batch_size: int = 32  # queries per optimizer step, over all ranks
     epochs: int = 1
@@ -73,9 +73,9 @@ class TrainSettings:
     seed: int = 0
     save_steps: int = 500
     eval_steps: int = 500
-    dev_corpus: str | None = None
-    dev_queries: str | None = None
-    dev_qrels: str | None = None
+    dev_corpus: str | Path | None = None
+    dev_queries: str | Path | None = None
+    dev_qrels: str | Path | None = None
     eval_dim: int | None = None  # Matryoshka dim for dev nDCG@10; None = full
     device: str | None = None
     show_progress: bool = True
@@ -98,7 +98,8 @@ class TrainSettings:
         return self.dev_corpus is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON values (paths as strings, tuples as lists), as checkpoints store them."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
 
 @dataclass
@@ -274,7 +275,7 @@ def _state(report: TrainReport, settings: TrainSettings, steps_per_epoch: int) -
 
 
 def _check_same_run(saved: dict[str, Any], settings: TrainSettings, where: Path) -> None:
-    current = json.loads(json.dumps(settings.to_dict()))  # tuples as lists, as saved
+    current = settings.to_dict()
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
