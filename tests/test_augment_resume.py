@@ -57,6 +57,16 @@ def test_resume_after_crash_truncates_torn_and_unrecorded_lines(tmp_path):
     assert calls == [] and out.read_bytes() == reference.read_bytes()
 
 
+def test_crash_before_the_output_was_created(tmp_path):
+    out = tmp_path / "out.jsonl"
+    ResumableOutput(out, {"step": "test", "batch_size": 4})
+    out.unlink()  # progress written, output not yet created
+    reference = tmp_path / "ref.jsonl"
+    _run(reference, list(range(9)), [])
+    _run(out, list(range(9)), [])
+    assert out.read_bytes() == reference.read_bytes()
+
+
 def test_refuses_mismatched_or_foreign_outputs(tmp_path):
     out = tmp_path / "out.jsonl"
     with pytest.raises(RuntimeError):

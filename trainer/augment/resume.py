@@ -107,6 +107,8 @@ class ResumableOutput:
         return progress
 
     def _truncate(self) -> None:
+        if not self.out.exists() and self.progress.bytes == 0:
+            self.out.touch()  # a crash between writing the first progress file and creating the output
         size = self.out.stat().st_size if self.out.exists() else -1
         if size < self.progress.bytes:
             raise InputError(
