@@ -112,6 +112,8 @@ def test_mine_batch_matches_numpy(minilm):
     examples = [
         TrainingExample("a", "why does it rain", [PASSAGES[0]], [PASSAGES[3]]),
         TrainingExample("b", "what makes ocean tides", [Passage("new", "", "The moon's pull raises tides.")], []),
+        # A cropped positive: the corpus docid with edited text is encoded as edited, and still never a negative.
+        TrainingExample("c", "what does heavy rain cause", [Passage("p0", "Rain", "Clouds release them as rain.")], []),
     ]
     config = MiningConfig(negative_ranks=(2, 12), margin_ratio=0.9, top_positives=0)
     mined, counts = mine_batch(minilm, corpus, examples, config)

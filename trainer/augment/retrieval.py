@@ -51,13 +51,16 @@ class DenseCorpus:
         return self._positions.get(docid)
 
     def passage_vectors(self, encoder: Encoder, passages: Iterable[Passage], dim: int | None = None) -> np.ndarray:
-        """Embeddings of passages: the corpus row when the docid is in the corpus, else encoded now."""
+        """Embeddings of passages: the corpus row when the same passage is in the corpus, else encoded now."""
         passages = list(passages)
         out = np.zeros((len(passages), self.embeddings.shape[1]), dtype=np.float32)
-        fresh = [i for i, p in enumerate(passages) if self.position(p.docid) is None]
+        fresh = []
         for i, p in enumerate(passages):
-            if (pos := self.position(p.docid)) is not None:
+            pos = self.position(p.docid)
+            if pos is not None and self.passages[pos] == p:
                 out[i] = self.embeddings[pos]
+            else:  # not in the corpus, or edited (e.g. a cropped positive that lost its query sentence)
+                fresh.append(i)
         if fresh:
             out[fresh] = encoder.encode_documents([passages[i].content() for i in fresh], dim=dim)
         return out
