@@ -212,7 +212,31 @@ class Encoder:
             out = prepare(out, dim, self.spec.normalize)
         return out
 
+    def embed(self, texts: Sequence[str], prefix: str = "", dim: int | None = None) -> torch.Tensor:
+        """Training twin of `encode`: one float32 row per text, as a tensor that keeps gradients.
+
+        Same tokenization, framing, pooling, normalization and Matryoshka truncation as
+        `encode` (so a model encodes as it was trained), but one padded batch for all `texts`
+        and no inference mode: the caller chooses train/eval mode, no_grad and autocast.
+        """
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a list of texts; wrap a single text in a list")
+        return self.embed_ids(self.tokenize(texts, prefix), dim)
+
+    def embed_ids(self, token_ids: Sequence[Sequence[int]], dim: int | None = None) -> torch.Tensor:
+        """`embed` for already-tokenized inputs (from `tokenize`), all in one batch."""
+        if not token_ids:
+            raise ValueError("embed_ids() needs at least one input")
+        pooled = self._pooled(token_ids)
+        if dim is not None or self.spec.normalize:
+            pooled = truncate_normalize_tensor(pooled, dim)
+        return pooled
+
     def _forward(self, batch_ids: list[Sequence[int]]) -> np.ndarray:
+        return self._pooled(batch_ids).cpu().numpy()
+
+    def _pooled(self, batch_ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Right-padded batch -> backbone -> pooled float32 rows: the one path serving and training share."""
         longest = max(len(ids) for ids in batch_ids)
         input_ids = torch.full((len(batch_ids), longest), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch_ids), longest), dtype=torch.long)
@@ -221,7 +245,21 @@ class Encoder:
             mask[row, : len(ids)] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        return pool(hidden.float(), mask, self.spec.pooling).cpu().numpy()
+        return pool(hidden.float(), mask, self.spec.pooling)
+
+
+def truncate_normalize_tensor(vectors: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Torch twin of `matryoshka.truncate_normalize` (first `dim` components, unit L2 norm), differentiable.
+
+    Rows of all zeros stay zero, as in the numpy version.
+    """
+    if vectors.ndim != 2:
+        raise ValueError(f"expected a 2-D tensor of vectors, got shape {tuple(vectors.shape)}")
+    if dim is not None:
+        if not 0 < dim <= vectors.shape[1]:
+            raise ValueError(f"dim={dim} is outside 1..{vectors.shape[1]} (the model's full dimension)")
+        vectors = vectors[:, :dim]
+    return torch.nn.functional.normalize(vectors, p=2.0, dim=1)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

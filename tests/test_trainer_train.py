@@ -1,0 +1,280 @@
+"""The training half: the encoder's training seam, GradCache, resume, model selection, ranks.
+
+Models are tiny (a random 2-layer Llama with the real Llama-3 tokenizer; MiniLM only for
+the seam check) and runs are a few steps on 8 queries, so every check is exact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+import trainer.train as train_module
+from dramasearch.models import load_encoder
+from trainer.gradcache import TokenizedBatch, contrastive_step
+from trainer.losses import MatryoshkaInfoNCE
+from trainer.train import TrainSettings, enable_activation_checkpointing, train
+from trainer_helpers import examples, make_tiny_drama, write_dev_set, write_train_file
+
+QUERIES = ["What percentage of the Earth's atmosphere is oxygen?", "意大利首都是哪里？", "capital"]
+DOCS = ["The amount of oxygen in the atmosphere has fluctuated.", "羅馬是欧洲国家意大利首都。",
+        "x", " ".join(["retrieval with bidirectional attention"] * 40), "a literal <|end_of_text|> inside"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_drama(tmp_path_factory.mktemp("tiny-drama"))
+
+
+@pytest.fixture(scope="module")
+def tiny_dropout(tmp_path_factory):
+    return make_tiny_drama(tmp_path_factory.mktemp("tiny-drama-dropout"), attention_dropout=0.2)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return write_train_file(folder / "train.jsonl"), write_dev_set(folder / "dev")
+
+
+# 1. The seam: embed() is encode() with gradients ------------------------------------------------
+
+
+def _seam_matches(encoder, dims):
+    with torch.no_grad():
+        for dim in dims:
+            q = encoder.embed(QUERIES, encoder.spec.query_prefix, dim=dim).numpy()
+            d = encoder.embed(DOCS, encoder.spec.document_prefix, dim=dim).numpy()
+            assert np.abs(q - encoder.encode_queries(QUERIES, dim=dim)).max() < 1e-6
+            assert np.abs(d - encoder.encode_documents(DOCS, dim=dim)).max() < 1e-6
+
+
+def test_embed_equals_encode_on_tiny_drama(tiny):
+    encoder = load_encoder(str(tiny), device="cpu", dtype=torch.float32, max_length=32)  # long doc is cut
+    _seam_matches(encoder, [None, 16])
+    assert encoder.tokenize(["a"], "Query: ")[0][0] == encoder.tokenizer.bos_token_id  # DRAMA framing in play
+
+
+def test_embed_equals_encode_on_minilm(minilm):
+    _seam_matches(minilm, [None, 128])
+
+
+def test_embed_keeps_gradients(tiny):
+    encoder = load_encoder(str(tiny), device="cpu", dtype=torch.float32)
+    out = encoder.embed(QUERIES, "Query: ")
+    assert out.requires_grad and out.dtype == torch.float32
+    out.sum().backward()
+    assert encoder.model.embed_tokens.weight.grad.abs().sum() > 0
+    with pytest.raises(TypeError, match="list of texts"):
+        encoder.embed("one text")
+
+
+# 2. GradCache gives the gradient of the one-pass computation ------------------------------------
+
+
+def _batch(encoder, n_queries=4, negatives=2):
+    group = [ex for ex in examples()][:n_queries]
+    passages = [p.content() for ex in group for p in [ex.positives[0], *ex.negatives[:negatives]]]
+    return TokenizedBatch(encoder.tokenize([ex.query for ex in group], "Query: "), encoder.tokenize(passages))
+
+
+def _grads(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_same_grads(a, b, rtol=1e-4):
+    assert a.keys() == b.keys() and a
+    for name in a:
+        scale = a[name].abs().max().item()
+        assert (a[name] - b[name]).abs().max().item() <= rtol * scale + 1e-9, name
+
+
+LOSS = MatryoshkaInfoNCE(0.05, (64, 16), (1.0, 0.5))
+
+
+def test_gradcache_equals_one_pass(tiny):
+    """4 queries and 12 passages in chunks of 3: a short last chunk, chunks never mixing the two."""
+    encoder = load_encoder(str(tiny), device="cpu", dtype=torch.float32)
+    encoder.model.train()
+    batch = _batch(encoder)
+    loss_full = contrastive_step(encoder, batch, LOSS, chunk_size=None)
+    full = _grads(encoder.model)
+    encoder.model.zero_grad(set_to_none=True)
+    loss_cached = contrastive_step(encoder, batch, LOSS, chunk_size=3)
+    assert abs(loss_full - loss_cached) < 1e-5
+    _assert_same_grads(full, _grads(encoder.model))
+
+
+def test_gradcache_replays_dropout(tiny_dropout):
+    """With dropout on, the cached gradient equals chunked forwards that keep their graphs."""
+    encoder = load_encoder(str(tiny_dropout), device="cpu", dtype=torch.float32)
+    encoder.model.train()
+    batch, size = _batch(encoder), 3
+    torch.manual_seed(7)
+    chunks = [batch.queries[i:i + size] for i in range(0, 4, size)] + [batch.passages[i:i + size] for i in range(0, 12, size)]
+    reps = [encoder.embed_ids(c) for c in chunks]
+    expected = LOSS(torch.cat(reps[:2]), torch.cat(reps[2:]))
+    expected.backward()
+    reference = _grads(encoder.model)
+    encoder.model.zero_grad(set_to_none=True)
+    torch.manual_seed(7)
+    got = contrastive_step(encoder, batch, LOSS, chunk_size=size)
+    assert abs(got - expected.item()) < 1e-5
+    _assert_same_grads(reference, _grads(encoder.model))
+    encoder.model.zero_grad(set_to_none=True)
+    torch.manual_seed(8)  # other dropout masks: the test above can tell them apart
+    assert abs(contrastive_step(encoder, batch, LOSS, chunk_size=size) - got) > 1e-4
+
+
+def test_gradient_checkpointing_keeps_gradients(tiny):
+    encoder = load_encoder(str(tiny), device="cpu", dtype=torch.float32)
+    encoder.model.train()
+    batch = _batch(encoder)
+    contrastive_step(encoder, batch, LOSS)
+    plain = _grads(encoder.model)
+    encoder.model.zero_grad(set_to_none=True)
+    enable_activation_checkpointing(encoder.model)
+    contrastive_step(encoder, batch, LOSS)
+    _assert_same_grads(plain, _grads(encoder.model))
+
+
+def test_bf16_autocast_changes_precision_not_the_loss(tiny):
+    from trainer.train import _autocast
+
+    encoder = load_encoder(str(tiny), device="cpu", dtype=torch.float32)
+    encoder.model.train()
+    batch = _batch(encoder)
+    fp32 = contrastive_step(encoder, batch, LOSS, chunk_size=3, autocast=_autocast("fp32", "cpu"))
+    bf16 = contrastive_step(encoder, batch, LOSS, chunk_size=3, autocast=_autocast("bf16", "cpu"))
+    assert fp32 != bf16 and abs(fp32 - bf16) < 2e-2 * abs(fp32)
+    assert all(p.dtype == torch.float32 for p in encoder.model.parameters())  # master weights stay fp32
+
+
+# 3. train(): resume, model selection ------------------------------------------------------------
+
+
+def _settings(model, data, output, **overrides) -> TrainSettings:
+    train_file, (corpus, queries, qrels) = data
+    base = dict(model=str(model), train_data=train_file, output=output, negatives_per_query=2,  # Paths welcome
+                batch_size=4, max_steps=4, learning_rate=1e-3, warmup_steps=1, temperature=0.05,
+                matryoshka_dims=(64, 16), matryoshka_weights=(1.0, 0.5), chunk_size=5, save_steps=2,
+                eval_steps=2, dev_corpus=str(corpus), dev_queries=str(queries), dev_qrels=str(qrels),
+                max_length=48, show_progress=False)
+    return TrainSettings(**{**base, **overrides})
+
+
+def _weights(folder):
+    return safetensors.torch.load_file(str(folder / "model.safetensors"))
+
+
+def test_resumed_run_repeats_the_uninterrupted_run(tiny_dropout, data, tmp_path, monkeypatch):
+    whole = train(_settings(tiny_dropout, data, tmp_path / "whole"))
+    assert whole.steps == 4 and len(whole.losses) == 4 and whole.resumed_from is None
+    assert [step for step, _ in whole.evaluations] == [0, 2, 4] and whole.baseline == whole.evaluations[0][1]
+    assert all(0 <= score <= 1 for _, score in whole.evaluations)
+    # Training on the topic data lifts dev nDCG@10 well above the random model (0.57 -> 0.75 here).
+    assert whole.best_step == 4 and whole.best_score > whole.baseline + 0.05 and not whole.baseline_kept
+    best_meta = json.loads((tmp_path / "whole" / "best" / "dramasearch_encoder.json").read_text())
+    assert best_meta["dev_ndcg@10"] == whole.best_score and best_meta["training"]["step"] == 4
+
+    real_step, calls = contrastive_step, []
+
+    def crash_in_step_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # the checkpoint holds step 2: step 3 must be redone
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "contrastive_step", crash_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(_settings(tiny_dropout, data, tmp_path / "resumed"))
+    state = json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 2 and state["data_position"] == {"epoch": 1, "batch": 0}
+    monkeypatch.setattr(train_module, "contrastive_step", real_step)
+    resumed = train(_settings(tiny_dropout, data, tmp_path / "resumed"))
+
+    assert resumed.resumed_from == 2
+    np.testing.assert_allclose(resumed.losses, whole.losses, rtol=0, atol=1e-6)
+    assert len(set(np.round(whole.losses, 6))) > 1  # training moved
+    for name, tensor in _weights(tmp_path / "whole" / "last").items():
+        assert torch.equal(tensor, _weights(tmp_path / "resumed" / "last")[name]), name
+    assert resumed.evaluations == whole.evaluations
+
+
+def test_cli_trains_and_a_resume_refuses_other_settings(tiny, data, tmp_path):
+    import click
+    from click.testing import CliRunner
+
+    from trainer.cli import COMMANDS
+
+    group = click.Group("dramasearch", commands={c.name: c for c in COMMANDS})
+    train_file, _ = data
+    args = ["train", str(train_file), "-o", str(tmp_path), "--model", str(tiny), "--negatives", "2", "--batch-size", "4",
+            "--max-steps", "1", "--lr", "1e-3", "--matryoshka-dims", "64,16", "--matryoshka-weights", "1,0.5",
+            "--chunk-size", "4", "--max-length", "48"]
+    result = CliRunner().invoke(group, args, catch_exceptions=False)
+    assert result.exit_code == 0 and "trained 1 steps on 8 examples" in result.output
+    saved = json.loads((tmp_path / "checkpoint" / "state.json").read_text())["settings"]
+    assert saved["matryoshka_dims"] == [64, 16] and saved["matryoshka_weights"] == [1.0, 0.5]
+    with pytest.raises(ValueError, match=r"other settings \(learning_rate: 0.001 -> 0.01\)"):
+        train(TrainSettings(**{**saved, "learning_rate": 1e-2, "save_steps": 7}))  # save_steps may change
+
+
+def test_worse_than_baseline_keeps_the_baseline(tiny, data, tmp_path, monkeypatch):
+    """Dev scores that only fall after step 0: best/ is the untrained model, and the report says so."""
+    scores = iter([0.5, 0.4, 0.3])
+    monkeypatch.setattr(train_module, "evaluate_encoder", lambda *a, **k: next(scores))
+    report = train(_settings(tiny, data, tmp_path, chunk_size=None, max_steps=2, eval_steps=1))
+    assert report.baseline_kept and report.best_step == 0 and report.baseline == report.best_score == 0.5
+    assert "did not beat the zero-shot baseline" in report.summary()
+    assert report.model_dir == str(tmp_path / "best")
+    original = _weights(tiny)
+    best, last = _weights(tmp_path / "best"), _weights(tmp_path / "last")
+    assert all(torch.equal(best[k], original[k]) for k in original)
+    assert any(not torch.equal(last[k], original[k]) for k in original)
+    assert json.loads((tmp_path / "report.json").read_text())["baseline_kept"] is True
+
+
+def test_too_few_negatives_and_examples_are_reported(tiny, data, tmp_path):
+    from dramasearch.errors import InputError
+    from trainer.data import Passage, TrainingExample, write_examples
+
+    bad = tmp_path / "bad.jsonl"
+    write_examples(bad, [TrainingExample(f"q{i}", "q", [Passage("d", "", "t")], []) for i in range(4)])
+    with pytest.raises(InputError, match="query 'q0' has no negatives"):
+        train(_settings(tiny, data, tmp_path / "o", train_data=str(bad)))
+    with pytest.raises(InputError, match="fewer than batch_size=64"):
+        train(_settings(tiny, data, tmp_path / "o", batch_size=64))
+
+
+# 4. Two ranks (gloo, CPU) see every rank's negatives: same losses as one process ----------------
+
+
+def _rank_main(rank, port, settings_dict, out_file):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    report = train(TrainSettings(**settings_dict))
+    if rank == 0:
+        with open(out_file, "w") as f:
+            json.dump(report.losses, f)
+
+
+def test_two_ranks_equal_one_process(tiny, data, tmp_path):
+    import torch.multiprocessing as mp
+
+    common = dict(max_steps=2, dev_corpus=None, dev_queries=None, dev_qrels=None, chunk_size=3)
+    single = train(_settings(tiny, data, tmp_path / "single", **common))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = _settings(tiny, data, tmp_path / "ranks", **common).to_dict()
+    # fork: the ranks inherit the imported modules instead of paying for them again
+    mp.start_processes(_rank_main, args=(port, settings, str(tmp_path / "losses.json")), nprocs=2, start_method="fork")
+    losses = json.loads((tmp_path / "losses.json").read_text())
+    np.testing.assert_allclose(losses, single.losses, rtol=0, atol=1e-5)
+    assert (tmp_path / "ranks" / "last" / "model.safetensors").is_file()

@@ -1,0 +1,127 @@
+"""Hard-negative mining with a dense retriever over the corpus.
+
+Negatives come from a rank window (default ranks 30-50, as in DRAMA): the top ranks hold
+too many unlabelled positives. A relative margin (NV-Retriever's "TopK-PercPos") drops a
+candidate scoring above `margin_ratio` x the positive's score, the likeliest false negatives.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dramasearch.encoder import Encoder
+
+from ..data import TrainingExample, read_examples_or_queries
+from .resume import Progress, ResumableOutput, run_batches
+from .retrieval import DenseCorpus, load_passages, top_k
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    negative_ranks: tuple[int, int] = (30, 50)  # 1-based, inclusive, over the retriever's full ranking
+    max_negatives: int | None = None  # keep the best-ranked ones; None keeps all that pass
+    top_positives: int = 0  # also take the retriever's top ranks as positives (DRAMA uses 10 for queries without labels)
+    margin_ratio: float | None = 0.95  # None turns the false-negative filter off
+    min_negatives: int = 1  # examples left with fewer are dropped
+    dim: int | None = None  # Matryoshka dimension of the retriever's embeddings
+
+    def __post_init__(self) -> None:
+        lo, hi = self.negative_ranks
+        if not 1 <= lo <= hi:
+            raise ValueError(f"negative_ranks must be 1 <= first <= last, got {self.negative_ranks}")
+        if self.margin_ratio is not None and not 0 < self.margin_ratio:
+            raise ValueError(f"margin_ratio must be > 0, got {self.margin_ratio}")
+
+
+def select_negatives(
+    ranked: Sequence[int],
+    scores: Sequence[float],
+    positives: set[int],
+    positive_score: float,
+    config: MiningConfig,
+) -> tuple[list[int], int]:
+    """Corpus rows for negatives (best rank first) and how many the margin filter dropped.
+
+    `ranked`/`scores` are the retriever's ranking (rank 1 first); positives never become
+    negatives. The margin threshold is `margin_ratio * positive_score` for a positive score
+    above 0; a non-positive score (an unrelated positive) falls back to the score itself.
+    """
+    lo, hi = config.negative_ranks
+    threshold = np.inf
+    if config.margin_ratio is not None:
+        threshold = config.margin_ratio * positive_score if positive_score > 0 else positive_score
+    chosen, dropped = [], 0
+    for row, score in zip(ranked[lo - 1 : hi], scores[lo - 1 : hi]):
+        if config.max_negatives is not None and len(chosen) == config.max_negatives:
+            break
+        if row in positives:
+            continue
+        if score > threshold:
+            dropped += 1
+            continue
+        chosen.append(int(row))
+    return chosen, dropped
+
+
+def mine_batch(
+    encoder: Encoder, corpus: DenseCorpus, examples: list[TrainingExample], config: MiningConfig
+) -> tuple[list[TrainingExample], dict[str, int]]:
+    """Mined copies of `examples` (given positives kept, negatives replaced) and drop counts."""
+    if not examples:
+        return [], {}
+    q = encoder.encode_queries([e.query for e in examples], dim=config.dim)
+    depth = max(config.negative_ranks[1], config.top_positives)
+    scores, ranked = top_k(q, corpus.embeddings, depth)
+    out, counts = [], {"dropped_by_margin": 0, "dropped_few_negatives": 0, "no_positive": 0}
+    for i, example in enumerate(examples):
+        positives = list(example.positives)
+        seen = {p.docid for p in positives}
+        for row in ranked[i, : config.top_positives]:
+            if corpus.passages[row].docid not in seen:
+                positives.append(corpus.passages[row])
+                seen.add(corpus.passages[row].docid)
+        if not positives:
+            counts["no_positive"] += 1
+            continue
+        # The least similar positive sets the bar: the strictest threshold against false negatives.
+        positive_score = float((corpus.passage_vectors(encoder, positives, config.dim) @ q[i]).min())
+        positive_rows = {r for p in positives if (r := corpus.position(p.docid)) is not None}
+        negatives, dropped = select_negatives(ranked[i], scores[i], positive_rows, positive_score, config)
+        counts["dropped_by_margin"] += dropped
+        if len(negatives) < config.min_negatives:
+            counts["dropped_few_negatives"] += 1
+            continue
+        out.append(TrainingExample(example.query_id, example.query, positives, [corpus.passages[r] for r in negatives]))
+    return out, counts
+
+
+def mine_negatives(
+    examples: str | Path,
+    corpus: str | Path,
+    out: str | Path,
+    encoder: Encoder,
+    config: MiningConfig = MiningConfig(),
+    *,
+    batch_size: int = 64,
+    corpus_limit: int | None = None,
+) -> Progress:
+    """Mine negatives for every example (or query) in `examples`; resumable (see resume.py).
+
+    `examples` is Tevatron jsonl, or a queries file (BEIR queries.jsonl / tsv), whose queries
+    then need `top_positives` > 0.
+    """
+    output = ResumableOutput(out, {
+        "step": "mining", "examples": str(Path(examples).resolve()), "corpus": str(Path(corpus).resolve()), "corpus_limit": corpus_limit,
+        "model": encoder.spec.name, "batch_size": batch_size, **asdict(config),
+    })
+    if output.progress.finished:
+        return output.progress
+    dense = DenseCorpus.encode(encoder, load_passages(corpus, corpus_limit), config.dim)
+    inputs, total = read_examples_or_queries(examples)
+    return run_batches(
+        output, inputs, lambda _, batch: mine_batch(encoder, dense, batch, config),
+        batch_size=batch_size, total=total, desc="mining",
+    )

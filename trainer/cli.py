@@ -1,0 +1,87 @@
+"""Trainer commands for the `dramasearch` CLI: thin layers over `train()` and `export_encoder()`.
+
+`COMMANDS` lists them; the `dramasearch` group registers them (entry point), so this module
+must stay cheap to import: torch and the trainer load inside each command.
+"""
+from __future__ import annotations
+
+import click
+
+DIMS_HELP = "Comma-separated Matryoshka dims for the loss, e.g. 256,512,768 (default: the full dim only)."
+
+
+def _ints(value: str | None) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",")) if value else ()
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 256,768, got {value!r}")
+
+
+def _floats(value: str | None) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in value.split(",")) if value else ()
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers like 1,0.5, got {value!r}")
+
+
+@click.command("train")
+@click.argument("train_data", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Run folder: checkpoint/ (resumed when present), best/, last/, report.json.")
+@click.option("--model", default="facebook/drama-base", show_default=True,
+              help="Model to start from: hub id, alias (drama-base, minilm) or local folder.")
+@click.option("--negatives", "negatives_per_query", type=int, default=7, show_default=True, help="Hard negatives per query.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Queries per step, over all GPUs.")
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop after this many steps (overrides --epochs).")
+@click.option("--lr", "learning_rate", type=float, default=1e-5, show_default=True)
+@click.option("--warmup-steps", type=int, default=0, show_default=True, help="Linear warmup, then linear decay to 0.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping; 0 turns it off.")
+@click.option("--temperature", type=float, default=0.02, show_default=True, help="InfoNCE temperature (scale = 1/T).")
+@click.option("--matryoshka-dims", default=None, help=DIMS_HELP)
+@click.option("--matryoshka-weights", default=None, help="One weight per Matryoshka dim (default: all 1).")
+@click.option("--chunk-size", type=int, default=None,
+              help="GradCache: sequences per forward pass, so big batches fit in memory (same gradients).")
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in backward: less memory, slower.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto = bf16 autocast on CUDA and native-bf16 CPUs, else fp32.")
+@click.option("--max-length", type=int, default=None, help="Max tokens per text while training and in the exported model.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save-steps", type=int, default=500, show_default=True, help="Checkpoint every N steps.")
+@click.option("--eval-steps", type=int, default=500, show_default=True, help="Dev evaluation every N steps.")
+@click.option("--dev-corpus", type=click.Path(exists=True), default=None, help="Dev corpus (any build-index format).")
+@click.option("--dev-queries", type=click.Path(exists=True), default=None)
+@click.option("--dev-qrels", type=click.Path(exists=True), default=None)
+@click.option("--eval-dim", type=int, default=None, help="Matryoshka dim for dev nDCG@10 (default: full).")
+@click.option("--device", default=None, help="Default: cuda (the rank's GPU under torchrun) when available, else cpu.")
+def train_cmd(train_data, output, matryoshka_dims, matryoshka_weights, max_grad_norm, **options) -> None:
+    """Contrastive training on TRAIN_DATA (Tevatron jsonl); launch with torchrun for several GPUs."""
+    from .train import TrainSettings, train
+
+    settings = TrainSettings(
+        train_data=train_data, output=output, matryoshka_dims=_ints(matryoshka_dims),
+        matryoshka_weights=_floats(matryoshka_weights), max_grad_norm=max_grad_norm or None, **options,
+    )
+    report = train(settings)
+    if report.model_dir:  # rank 0
+        click.echo(report.summary())
+
+
+@click.command("export-encoder")
+@click.argument("model")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--max-length", type=int, default=None, help="Max tokens recorded in the export (default: the model's).")
+def export_cmd(model, out_dir, max_length) -> None:
+    """Write MODEL (hub id, alias or folder) as a plain self-describing encoder folder OUT_DIR."""
+    import torch
+
+    from dramasearch.models import load_encoder
+
+    from .export import export_encoder
+
+    encoder = load_encoder(model, device="cpu", dtype=torch.float32, max_length=max_length)
+    click.echo(f"wrote {export_encoder(encoder, out_dir)}")
+
+
+COMMANDS = [train_cmd, export_cmd]

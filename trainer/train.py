@@ -1,0 +1,338 @@
+"""`train(settings)`: single-stage contrastive training with Matryoshka InfoNCE (the DRAMA recipe).
+
+The model is trained through `Encoder.embed_ids`, the same tokenization, framing, prefix,
+pooling and normalization that serving runs. Everything that decides a step (which
+examples, which positive and negatives, dropout) is a function of (seed, step, rank), so a
+run resumed from a checkpoint repeats the uninterrupted run's losses exactly.
+
+Output folder:
+
+    checkpoint/   the latest resumable state (trainer.checkpoint), replaced atomically
+    best/         with a dev set: the best exported encoder so far (step 0 = zero-shot baseline)
+    last/         the exported encoder after the final step
+    report.json   the TrainReport
+
+Multi-GPU: launch with `torchrun --nproc-per-node N`; each rank takes its slice of every
+global batch, embeddings are all-gathered for in-batch negatives (trainer.gradcache), and
+gradients are summed across ranks. Only rank 0 evaluates and writes.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from dramasearch.encoder import Encoder, default_dtype
+from dramasearch.errors import InputError
+from dramasearch.fsutil import atomic_write_bytes
+from dramasearch.models import load_encoder
+
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .data import TrainingExample, read_examples
+from .devset import DevSet, evaluate_encoder
+from .export import export_encoder
+from .gradcache import TokenizedBatch, contrastive_step
+from .losses import MatryoshkaInfoNCE
+
+PRECISIONS = ("auto", "fp32", "bf16")
+# Settings that may change between a run and its resumption (they do not change any step's result).
+RESUMABLE_CHANGES = {"save_steps", "eval_steps", "show_progress", "device"}
+
+
+@dataclass
+class TrainSettings:
+    model: str  # alias, hub id or folder, as dramasearch's load_encoder takes
+    train_data: str | Path  # Tevatron jsonl(.gz): query_id, query, positive_passages, negative_passages
+    output: str | Path
+    negatives_per_query: int = 7
+    batch_size: int = 32  # queries per optimizer step, over all ranks
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs
+    learning_rate: float = 1e-5
+    warmup_steps: int = 0  # linear warmup from 0, then linear decay to 0 at the last step
+    weight_decay: float = 0.01
+    max_grad_norm: float | None = 1.0
+    temperature: float = 0.02
+    matryoshka_dims: tuple[int, ...] = ()  # () = full dimension only
+    matryoshka_weights: tuple[float, ...] = ()  # () = 1 for each dim
+    chunk_size: int | None = None  # GradCache: sequences per forward; None = whole batch in one pass
+    gradient_checkpointing: bool = False
+    precision: str = "auto"  # auto = bf16 autocast on CUDA and native-bf16 CPUs, else fp32
+    max_length: int | None = None  # truncation while training, and of the exported model; None = model's
+    seed: int = 0
+    save_steps: int = 500
+    eval_steps: int = 500
+    dev_corpus: str | Path | None = None
+    dev_queries: str | Path | None = None
+    dev_qrels: str | Path | None = None
+    eval_dim: int | None = None  # Matryoshka dim for dev nDCG@10; None = full
+    device: str | None = None
+    show_progress: bool = True
+
+    def check(self) -> None:
+        if self.negatives_per_query < 0:
+            raise ValueError(f"negatives_per_query must be >= 0, got {self.negatives_per_query}")
+        if self.batch_size < 1 or self.epochs < 1 or self.save_steps < 1 or self.eval_steps < 1:
+            raise ValueError("batch_size, epochs, save_steps and eval_steps must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        dev = (self.dev_corpus, self.dev_queries, self.dev_qrels)
+        if any(dev) and not all(dev):
+            raise ValueError("a dev set needs all three of dev_corpus, dev_queries and dev_qrels")
+
+    @property
+    def has_dev(self) -> bool:
+        return self.dev_corpus is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON values (paths as strings, tuples as lists), as checkpoints store them."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+
+@dataclass
+class TrainReport:
+    steps: int
+    examples: int  # training examples read
+    losses: list[float]  # one per step, from step 1
+    evaluations: list[tuple[int, float]] = field(default_factory=list)  # (step, dev nDCG@10); step 0 = baseline
+    baseline: float | None = None
+    best_step: int | None = None
+    best_score: float | None = None
+    baseline_kept: bool = False  # no evaluation after training beat the zero-shot model: best/ is the baseline
+    model_dir: str = ""  # the encoder to use: best/ with a dev set, else last/
+    resumed_from: int | None = None
+    repeated_negatives: int = 0  # examples with fewer negatives than asked, sampled with repetition
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = [f"trained {self.steps} steps on {self.examples} examples in {self.seconds:.0f}s; "
+                 f"final loss {self.losses[-1]:.4f}" if self.losses else f"no steps run ({self.examples} examples)"]
+        if self.baseline is not None:
+            lines.append(f"dev nDCG@10: baseline {self.baseline:.4f}, best {self.best_score:.4f} at step {self.best_step}")
+        if self.baseline_kept:
+            lines.append("training did not beat the zero-shot baseline on the dev set: the exported model is the baseline")
+        lines.append(f"model: {self.model_dir}")
+        return "\n".join(lines)
+
+
+def train(settings: TrainSettings) -> TrainReport:
+    """Train, checkpoint, evaluate and export as `settings` say; resumes from output/checkpoint if present."""
+    settings.check()
+    started = time.perf_counter()
+    rank, world = _init_distributed()
+    device = settings.device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if settings.batch_size % world:
+        raise ValueError(f"batch_size={settings.batch_size} must be divisible by the number of ranks ({world})")
+    output = Path(settings.output)
+
+    encoder = load_encoder(settings.model, device=device, dtype=torch.float32, max_length=settings.max_length)
+    loss_fn = MatryoshkaInfoNCE(settings.temperature, tuple(settings.matryoshka_dims), tuple(settings.matryoshka_weights))
+    loss_fn.check_dim(encoder.dim)
+    examples = list(read_examples(settings.train_data))
+    repeated = _check_examples(examples, settings)
+    steps_per_epoch = len(examples) // settings.batch_size
+    total_steps = settings.max_steps or settings.epochs * steps_per_epoch
+
+    model = encoder.model
+    if settings.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(settings.warmup_steps, total_steps))
+    autocast = _autocast(settings.precision, device)
+
+    report = TrainReport(steps=0, examples=len(examples), losses=[], repeated_negatives=repeated)
+    if has_checkpoint(output / "checkpoint"):
+        state = load_checkpoint(output / "checkpoint", model, optimizer, scheduler, device)
+        _check_same_run(state["settings"], settings, output / "checkpoint")
+        report.steps, report.resumed_from = state["step"], state["step"]
+        report.losses = state["losses"]
+        report.evaluations = [tuple(e) for e in state["evaluations"]]
+        if report.evaluations:
+            _recount_best(report)
+    dev = DevSet.load(settings.dev_corpus, settings.dev_queries, settings.dev_qrels) if settings.has_dev and rank == 0 else None
+    if dev is not None and report.steps == 0:
+        _evaluate(encoder, dev, settings, report, output, autocast)
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=report.steps, unit="step", disable=not settings.show_progress or rank != 0)
+    window_start, window_examples = time.perf_counter(), 0
+    for step in range(report.steps, total_steps):
+        torch.manual_seed(_step_seed(settings.seed, step, rank))
+        batch = _batch(encoder, examples, step, steps_per_epoch, settings, rank, world)
+        optimizer.zero_grad(set_to_none=True)
+        loss = contrastive_step(encoder, batch, loss_fn, settings.chunk_size, autocast)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"step {step + 1}: the loss is {loss}; lower the learning rate or raise the "
+                                     f"temperature, then resume from {output / 'checkpoint'}")
+        _sum_gradients(model, world)
+        if settings.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        report.steps = step + 1
+        report.losses.append(loss)
+        window_examples += settings.batch_size
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{window_examples / max(time.perf_counter() - window_start, 1e-9):.1f}")
+        last = report.steps == total_steps
+        if dev is not None and (report.steps % settings.eval_steps == 0 or last):
+            _evaluate(encoder, dev, settings, report, output, autocast)
+        if report.steps % settings.save_steps == 0 or last:
+            if rank == 0:
+                save_checkpoint(output / "checkpoint", model, optimizer, scheduler, _state(report, settings, steps_per_epoch))
+            _barrier(world)
+    bar.close()
+
+    if rank == 0:
+        export_encoder(encoder, output / "last", extra=_training_facts(settings, report.steps))
+        report.model_dir = str(output / ("best" if settings.has_dev else "last"))
+        report.seconds = time.perf_counter() - started
+        atomic_write_bytes(output / "report.json", json.dumps(dataclasses.asdict(report), indent=1).encode())
+    _barrier(world)
+    return report
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute layer activations in backward (transformers renamed this from gradient_checkpointing_enable)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _check_examples(examples: list[TrainingExample], settings: TrainSettings) -> int:
+    """Fail early on data that cannot make a batch; count examples whose negatives will repeat."""
+    if len(examples) < settings.batch_size:
+        raise InputError(settings.train_data, None, None,
+                         f"{len(examples)} training examples, fewer than batch_size={settings.batch_size}")
+    repeated = 0
+    for example in examples:
+        if settings.negatives_per_query and not example.negatives:
+            raise InputError(settings.train_data, None, "negative_passages",
+                             f"query {example.query_id!r} has no negatives; mine negatives or set negatives_per_query=0")
+        repeated += len(example.negatives) < settings.negatives_per_query
+    return repeated
+
+
+def _batch(encoder: Encoder, examples, step: int, steps_per_epoch: int, settings: TrainSettings, rank: int, world: int):
+    """This rank's share of global batch `step`: a seeded per-epoch shuffle, drop-last, then the rank's slice.
+
+    Each example's positive and negatives are drawn from a generator seeded by (seed, epoch,
+    example index), so they depend on nothing but the step.
+    """
+    epoch, position = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([settings.seed, epoch]).permutation(len(examples))
+    per_rank = settings.batch_size // world
+    start = position * settings.batch_size + rank * per_rank
+    queries, passages = [], []
+    for index in order[start : start + per_rank]:
+        example = examples[index]
+        rng = np.random.default_rng([settings.seed, epoch, int(index)])
+        n, negatives = settings.negatives_per_query, example.negatives
+        picks = rng.choice(len(negatives), n, replace=len(negatives) < n) if n else []
+        queries.append(example.query)
+        passages.append(example.positives[int(rng.integers(len(example.positives)))].content())
+        passages.extend(negatives[int(i)].content() for i in picks)
+    return TokenizedBatch(encoder.tokenize(queries, encoder.spec.query_prefix),
+                          encoder.tokenize(passages, encoder.spec.document_prefix))
+
+
+def _evaluate(encoder: Encoder, dev: DevSet, settings: TrainSettings, report: TrainReport, output: Path, autocast) -> None:
+    """Score the current model; export it to best/ when it beats every earlier score (baseline included)."""
+    with autocast():
+        score = evaluate_encoder(encoder, dev, settings.eval_dim)
+    report.evaluations.append((report.steps, score))
+    if report.best_score is None or score > report.best_score:
+        export_encoder(encoder, output / "best", extra={**_training_facts(settings, report.steps), "dev_ndcg@10": score})
+    _recount_best(report)
+    tqdm.write(f"step {report.steps}: dev nDCG@10 {score:.4f}" + (" (baseline)" if report.steps == 0 else ""))
+
+
+def _recount_best(report: TrainReport) -> None:
+    report.baseline = report.evaluations[0][1] if report.evaluations and report.evaluations[0][0] == 0 else None
+    report.best_step, report.best_score = max(report.evaluations, key=lambda e: (e[1], -e[0]))
+    report.baseline_kept = report.baseline is not None and report.best_step == 0 and len(report.evaluations) > 1
+
+
+def _state(report: TrainReport, settings: TrainSettings, steps_per_epoch: int) -> dict[str, Any]:
+    epoch, position = divmod(report.steps, steps_per_epoch)
+    return {"step": report.steps, "data_position": {"epoch": epoch, "batch": position},
+            "losses": report.losses, "evaluations": report.evaluations, "settings": settings.to_dict()}
+
+
+def _check_same_run(saved: dict[str, Any], settings: TrainSettings, where: Path) -> None:
+    current = settings.to_dict()
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(f"{where} was written with other settings ({diffs}); use the same settings "
+                         "to resume, or another output folder to start a new run")
+
+
+def _training_facts(settings: TrainSettings, step: int) -> dict[str, Any]:
+    return {"training": {"step": step, "matryoshka_dims": list(settings.matryoshka_dims),
+                         "temperature": settings.temperature, "train_data": str(settings.train_data)}}
+
+
+def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _autocast(precision: str, device: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast (fp32 master weights) where bf16 is fast: CUDA, and CPUs with native bf16."""
+    bf16 = precision == "bf16" or (precision == "auto" and default_dtype(device) == torch.bfloat16)
+    if not bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def _init_distributed() -> tuple[int, int]:
+    """Join the torchrun process group when launched by torchrun; (rank, world size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        # Other ranks wait in the next all-gather while rank 0 evaluates the dev set: allow for it.
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _sum_gradients(model: torch.nn.Module, world: int) -> None:
+    """Each rank holds its share of the global loss's gradient; the sum is the whole of it."""
+    if world == 1:
+        return
+    pending = [dist.all_reduce(p.grad, async_op=True) for p in model.parameters() if p.grad is not None]
+    for work in pending:
+        work.wait()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
