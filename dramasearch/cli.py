@@ -309,7 +309,21 @@ def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, mo
     click.echo(format_metrics(evaluate_run(run, judged)))
 
 
+PLUGIN_GROUP = "dramasearch.commands"
+
+
+def add_plugin_commands(group: click.Group) -> None:
+    """Commands other packages register (the trainer's train / prune), found through entry points,
+    so dramasearch itself never imports them."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=PLUGIN_GROUP):
+        for command in entry.load():
+            group.add_command(command)
+
+
 def main() -> None:
+    add_plugin_commands(cli)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars drown the CLI's own output
