@@ -19,7 +19,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dramasearch.index.build import BuildSettings, build_index

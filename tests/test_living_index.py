@@ -7,6 +7,7 @@ over the corpus that should be live. Corpus: ADI (82 real documents, 35 queries)
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -415,3 +416,23 @@ def test_chunk_search_depth_is_bounded(minilm, docs, queries, tmp_path, monkeypa
         depths.clear()
         hits = searcher.search(queries[0], k=15)
         assert len(hits) == 15 and max(depths) <= max(50, 2 * 16 * 15) < rows  # never a scan of every row
+
+
+def test_open_descriptors_do_not_grow_with_segments(minilm, docs, queries, tmp_path):
+    from dramasearch.index.files import DEFAULT_CAPACITY
+
+    root = tmp_path / "index"
+    _build(_write(tmp_path / "base.jsonl", docs[:2]), root, minilm)
+    for i, doc in enumerate(docs[2:42]):  # 40 more commits: 41 segments
+        add_documents(root, _write(tmp_path / f"one-{i}.jsonl", [doc]), encoder=minilm, show_progress=False)
+    assert len(IndexDir(root).read().segments) == 41
+
+    def held_while_searching() -> int:
+        before = len(os.listdir("/proc/self/fd"))
+        with Searcher(root, encoder=minilm) as searcher:
+            hits = searcher.search(queries[0], k=42)  # every document: ids and fields read from every segment
+            assert len(hits) == 42 and all(h.text for h in hits)
+            return len(os.listdir("/proc/self/fd")) - before
+
+    # 41 segments x 4 stored-field files are read; at most DEFAULT_CAPACITY stay open, plus the pin.
+    assert held_while_searching() <= DEFAULT_CAPACITY + 1

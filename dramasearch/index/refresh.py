@@ -16,12 +16,10 @@ from ..corpus import Document, iter_documents
 from ..encoder import DTYPES, Encoder
 from ..errors import IndexFormatError, InputError
 from ..models import load_encoder
-from .generation import IndexDir
-from .segment import seal_segment
 from .snapshot import Snapshot
-from .updates import UpdateReport, find_documents
+from .updates import UpdateReport, commit_segment, find_documents, writing
 from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, batched, check_dims, document_hash, \
-    encode_documents, finish_work, new_ref, segment_name, start_work
+    encode_documents, segment_name, start_work
 
 
 def refresh(index_dir: str | Path, model: str | None = None, *, encoder: Encoder | None = None,
@@ -29,46 +27,34 @@ def refresh(index_dir: str | Path, model: str | None = None, *, encoder: Encoder
             shard_size: int = DEFAULT_SHARD_SIZE, batch_tokens: int | None = None, show_progress: bool = True,
             id_field: str | None = None, title_field: str | None = None, text_field: str | None = None) -> UpdateReport:
     """Commit a generation whose rows are the live documents encoded by `model` (or `encoder`)."""
-    idx = IndexDir(index_dir)
-    idx.check_format()
     if encoder is None and model is None:
         raise ValueError("refresh needs the new model (--model)")
-    report = UpdateReport("refresh", str(idx.root))
-    with idx.writer():
-        snap = Snapshot(idx.root)
-        try:
-            gen = snap.generation
-            if not gen.settings.get("store_text") and corpus is None:
-                raise IndexFormatError(f"{idx.root} does not store document text (built without --store-text): "
-                                       "pass the corpus with --corpus PATH")
-            encoder = encoder or load_encoder(model, dtype=DTYPES[dtype], max_length=max_length)
-            check_dims(gen.dims, encoder.dim)
-            old = RowSettings.from_dict(gen.settings)
-            if old.long_doc == "chunk" and old.chunk_tokens > encoder.room(encoder.document_prefix_ids):
-                raise ValueError(f"chunk_tokens={old.chunk_tokens} of this index does not fit {encoder.spec.name}'s "
-                                 f"max length {encoder.spec.max_length}")
-            rows = dataclasses.replace(old, dtype=str(encoder.dtype).removeprefix("torch."))
-            name = segment_name(gen.next_segment)
-            key = {"operation": "refresh", "parent": gen.generation, "encoder": encoder.spec.to_dict(),
-                   "rows": rows.to_dict(), "corpus": None if corpus is None else str(corpus), "shard_size": shard_size}
-            folder = start_work(idx, "refresh", name, key)
-            documents = (_stored_documents(snap) if corpus is None else
-                         _checked_corpus(snap, corpus, id_field, title_field, text_field))
-            report.segment = SegmentReport()
-            infos = encode_documents(folder, documents, encoder, rows, shard_size, report.segment,
-                                     show_progress=show_progress, batch_tokens=batch_tokens)
-            info = seal_segment(folder, name, infos, encoder.dim, rows.long_doc == "chunk")
-            ref = new_ref(folder, info, gen.next_key, gen.indexes, encoder.spec.normalize)
-            settings = gen.settings | rows.to_dict() | {"refreshed_from": gen.encoder.get("name")}
-            settings.pop("build_key", None)
-            new = gen.successor("refresh", encoder=encoder.spec.to_dict(), settings=settings,
-                                segments=[dataclasses.asdict(ref)], next_key=gen.next_key + info.rows,
-                                next_segment=gen.next_segment + 1)
-            idx.commit(new)
-            finish_work(idx, name)
-        finally:
-            snap.close()
-        idx.collect_garbage()
+    report = UpdateReport("refresh", str(index_dir))
+    with writing(index_dir) as (idx, snap):
+        gen = snap.generation
+        if not gen.settings.get("store_text") and corpus is None:
+            raise IndexFormatError(f"{idx.root} does not store document text (built without --store-text): "
+                                   "pass the corpus with --corpus PATH")
+        encoder = encoder or load_encoder(model, dtype=DTYPES[dtype], max_length=max_length)
+        check_dims(gen.dims, encoder.dim)
+        old = RowSettings.from_dict(gen.settings)
+        if old.long_doc == "chunk" and old.chunk_tokens > encoder.room(encoder.document_prefix_ids):
+            raise ValueError(f"chunk_tokens={old.chunk_tokens} of this index does not fit {encoder.spec.name}'s "
+                             f"max length {encoder.spec.max_length}")
+        rows = dataclasses.replace(old, dtype=str(encoder.dtype).removeprefix("torch."))
+        name = segment_name(gen.next_segment)
+        key = {"operation": "refresh", "parent": gen.generation, "encoder": encoder.spec.to_dict(),
+               "rows": rows.to_dict(), "corpus": None if corpus is None else str(corpus), "shard_size": shard_size}
+        folder = start_work(idx, "refresh", name, key)
+        documents = (_stored_documents(snap) if corpus is None else
+                     _checked_corpus(snap, corpus, id_field, title_field, text_field))
+        report.segment = SegmentReport()
+        infos = encode_documents(folder, documents, encoder, rows, shard_size, report.segment,
+                                 show_progress=show_progress, batch_tokens=batch_tokens)
+        settings = gen.settings | rows.to_dict() | {"refreshed_from": gen.encoder.get("name")}
+        settings.pop("build_key", None)
+        new, info = commit_segment(idx, gen, "refresh", folder, infos, encoder.dim, rows.long_doc == "chunk",
+                                   encoder.spec.normalize, [], encoder=encoder.spec.to_dict(), settings=settings)
     report.generation, report.added = new.generation, info.documents
     return report
 

@@ -7,10 +7,11 @@ resumes the new segment's shards.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from ..models import load_encoder
 from .faiss_index import choose_spec
 from .files import file_sha256, npy_bytes
 from .generation import Generation, IndexDir, gen_name
-from .segment import ShardData, read_shard_info, seal_segment, shard_is_whole, write_shard
+from .segment import SegmentInfo, ShardData, read_shard_info, seal_segment, shard_is_whole, write_shard
 from .snapshot import Snapshot
 from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, build_segment_faiss, check_dims, \
     encode_documents, finish_work, index_key, new_ref, segment_name, start_work
@@ -43,7 +44,7 @@ class UpdateReport:
     def summary(self) -> str:
         parts = [f"{self.root}: {self.operation} committed generation {self.generation}"]
         if self.added:
-            parts.append(f"{self.added} documents added")
+            parts.append(f"{self.added} documents {'re-encoded' if self.operation == 'refresh' else 'added'}")
         if self.replaced:
             parts.append(f"{self.replaced} replaced")
         if self.deleted:
@@ -54,6 +55,32 @@ class UpdateReport:
         if self.segment and self.segment.shards_total:
             parts.append(f"{len(self.segment.shards_encoded)} shards encoded, {self.segment.shards_reused} reused")
         return "; ".join(parts)
+
+
+@contextlib.contextmanager
+def writing(index_dir: str | Path) -> Iterator[tuple[IndexDir, Snapshot]]:
+    """The writer lock and a snapshot of the newest generation; cleanup after a successful commit."""
+    idx = IndexDir(index_dir)
+    idx.check_format()
+    with idx.writer():
+        snap = Snapshot(idx.root)
+        try:
+            yield idx, snap
+        finally:
+            snap.close()
+        idx.collect_garbage()
+
+
+def commit_segment(idx: IndexDir, gen: Generation, operation: str, folder: Path, infos: Sequence, dim: int,
+                   chunked: bool, normalize: bool, kept: list[dict], **changes) -> tuple[Generation, SegmentInfo]:
+    """Seal a written segment, build its FAISS files, and commit it after the `kept` segments."""
+    info = seal_segment(folder, folder.name, infos, dim, chunked)
+    ref = new_ref(folder, info, gen.next_key, gen.indexes, normalize)
+    new = gen.successor(operation, segments=kept + [dataclasses.asdict(ref)], next_key=gen.next_key + info.rows,
+                        next_segment=gen.next_segment + 1, **changes)
+    idx.commit(new)
+    finish_work(idx, folder.name)
+    return new, info
 
 
 def index_encoder(generation: Generation, model: str | None = None, encoder: Encoder | None = None,
@@ -118,38 +145,26 @@ def add_documents(index_dir: str | Path, corpus: str | Path, *, upsert: bool = F
                   text_field: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, dtype: str = "auto",
                   show_progress: bool = True) -> UpdateReport:
     """Append a corpus as a new segment; an id already live is an error, or replaced with `upsert`."""
-    idx = IndexDir(index_dir)
-    idx.check_format()
     docs = lambda: iter_documents(corpus, id_field=id_field, title_field=title_field, text_field=text_field)
-    report = UpdateReport("add", str(idx.root))
-    with idx.writer():
-        snap = Snapshot(idx.root)
-        try:
-            gen = snap.generation
-            existing = _existing_ids(snap, docs())
-            if existing and not upsert:
-                shown = ", ".join(repr(d) for d in list(existing)[:5])
-                raise InputError(corpus, None, "id", f"{len(existing)} document ids are already in the index "
-                                 f"({shown}); use --upsert to replace them, or delete them first")
-            encoder = index_encoder(gen, model, encoder, dtype=dtype)
-            rows = RowSettings.from_dict(gen.settings)
-            name = segment_name(gen.next_segment)
-            key = {"operation": "add", "corpus": str(corpus), "encoder": encoder.spec.to_dict(), "rows": rows.to_dict(),
-                   "shard_size": shard_size, "fields": [id_field, title_field, text_field]}
-            folder = start_work(idx, "add", name, key)
-            report.segment = SegmentReport()
-            infos = encode_documents(folder, docs(), encoder, rows, shard_size, report.segment,
-                                     show_progress=show_progress)
-            info = seal_segment(folder, name, infos, encoder.dim, rows.long_doc == "chunk")
-            ref = new_ref(folder, info, gen.next_key, gen.indexes, encoder.spec.normalize)
-            segments = _tombstones(snap, idx, gen.generation + 1, existing.values()) + [dataclasses.asdict(ref)]
-            new = gen.successor("add", segments=segments, next_key=gen.next_key + info.rows,
-                                next_segment=gen.next_segment + 1)
-            idx.commit(new)
-            finish_work(idx, name)
-        finally:
-            snap.close()
-        idx.collect_garbage()
+    report = UpdateReport("add", str(index_dir))
+    with writing(index_dir) as (idx, snap):
+        gen = snap.generation
+        existing = _existing_ids(snap, docs())
+        if existing and not upsert:
+            shown = ", ".join(repr(d) for d in list(existing)[:5])
+            raise InputError(corpus, None, "id", f"{len(existing)} document ids are already in the index "
+                             f"({shown}); use --upsert to replace them, or delete them first")
+        encoder = index_encoder(gen, model, encoder, dtype=dtype)
+        rows = RowSettings.from_dict(gen.settings)
+        name = segment_name(gen.next_segment)
+        key = {"operation": "add", "corpus": str(corpus), "encoder": encoder.spec.to_dict(), "rows": rows.to_dict(),
+               "shard_size": shard_size, "fields": [id_field, title_field, text_field]}
+        folder = start_work(idx, "add", name, key)
+        report.segment = SegmentReport()
+        infos = encode_documents(folder, docs(), encoder, rows, shard_size, report.segment, show_progress=show_progress)
+        kept = _tombstones(snap, idx, gen.generation + 1, existing.values())
+        new, info = commit_segment(idx, gen, "add", folder, infos, encoder.dim, rows.long_doc == "chunk",
+                                   encoder.spec.normalize, kept)
     report.generation, report.added, report.replaced = new.generation, info.documents, len(existing)
     return report
 
@@ -170,21 +185,14 @@ def _existing_ids(snap: Snapshot, documents) -> dict[str, tuple[int, int]]:
 
 def delete_documents(index_dir: str | Path, docids: Sequence[str]) -> UpdateReport:
     """Tombstone documents by id; they disappear from searches of the new generation at once."""
-    idx = IndexDir(index_dir)
-    idx.check_format()
-    report = UpdateReport("delete", str(idx.root))
+    report = UpdateReport("delete", str(index_dir))
     unique = list(dict.fromkeys(docids))
-    with idx.writer():
-        snap = Snapshot(idx.root)
-        try:
-            gen = snap.generation
-            found = find_documents(snap, unique)
-            report.not_found = [d for d in unique if d not in found]
-            new = gen.successor("delete", segments=_tombstones(snap, idx, gen.generation + 1, found.values()))
-            idx.commit(new)
-        finally:
-            snap.close()
-        idx.collect_garbage()
+    with writing(index_dir) as (idx, snap):
+        gen = snap.generation
+        found = find_documents(snap, unique)
+        report.not_found = [d for d in unique if d not in found]
+        new = gen.successor("delete", segments=_tombstones(snap, idx, gen.generation + 1, found.values()))
+        idx.commit(new)
     report.generation, report.deleted = new.generation, len(found)
     return report
 
@@ -195,39 +203,24 @@ def compact(index_dir: str | Path, shard_size: int = DEFAULT_SHARD_SIZE) -> Upda
     Output shard j is source shard j with its deleted rows left out, so a rerun after a crash
     keeps the shards already written. Stable keys are assigned anew (Lucene renumbers on merge).
     """
-    idx = IndexDir(index_dir)
-    idx.check_format()
-    report = UpdateReport("compact", str(idx.root))
-    with idx.writer():
-        snap = Snapshot(idx.root)
-        try:
-            gen = snap.generation
-            name = segment_name(gen.next_segment)
-            key = {"operation": "compact", "parent": gen.generation}
-            folder = start_work(idx, "compact", name, key)
-            folder.mkdir(parents=True, exist_ok=True)
-            infos, number = [], 0
-            chunked = bool(snap.segments) and snap.segments[0].info.chunked
-            for i, segment in enumerate(snap.segments):
-                for s, shard in enumerate(segment.shards):
-                    digest = f"{segment.name}/{shard.number}/{gen.generation}"
-                    existing = read_shard_info(folder, number)
-                    if existing is not None and existing.content_sha256 == digest and shard_is_whole(folder, existing):
-                        infos.append(existing)
-                    else:
-                        data = _live_shard(snap, i, s)
-                        infos.append(write_shard(folder, number, data, digest))
-                    number += 1
-            dim = snap.segments[0].info.dim if snap.segments else gen.encoder["dim"]
-            info = seal_segment(folder, name, infos, dim, chunked)
-            ref = new_ref(folder, info, gen.next_key, gen.indexes, gen.encoder.get("normalize", True))
-            new = gen.successor("compact", segments=[dataclasses.asdict(ref)], next_key=gen.next_key + info.rows,
-                                next_segment=gen.next_segment + 1)
-            idx.commit(new)
-            finish_work(idx, name)
-        finally:
-            snap.close()
-        idx.collect_garbage()
+    report = UpdateReport("compact", str(index_dir))
+    with writing(index_dir) as (idx, snap):
+        gen = snap.generation
+        name = segment_name(gen.next_segment)
+        folder = start_work(idx, "compact", name, {"operation": "compact", "parent": gen.generation})
+        folder.mkdir(parents=True, exist_ok=True)
+        infos, number = [], 0
+        for i, segment in enumerate(snap.segments):
+            for s, shard in enumerate(segment.shards):
+                digest = f"{segment.name}/{shard.number}/{gen.generation}"
+                existing = read_shard_info(folder, number)
+                if existing is None or existing.content_sha256 != digest or not shard_is_whole(folder, existing):
+                    existing = write_shard(folder, number, _live_shard(snap, i, s), digest)
+                infos.append(existing)
+                number += 1
+        chunked = bool(snap.segments) and snap.segments[0].info.chunked
+        new, _ = commit_segment(idx, gen, "compact", folder, infos, gen.encoder["dim"], chunked,
+                                gen.encoder.get("normalize", True), [])
     report.generation = new.generation
     return report
 
@@ -263,24 +256,17 @@ def _live_shard(snap: Snapshot, i: int, s: int) -> ShardData:
 
 def add_dims(index_dir: str | Path, dims: Sequence[int], kind: str = "auto") -> list[dict]:
     """FAISS indexes at more dims from the stored full-dim vectors (no re-encoding), one commit."""
-    idx = IndexDir(index_dir)
-    idx.check_format()
-    with idx.writer():
-        snap = Snapshot(idx.root)
-        try:
-            gen = snap.generation
-            check_dims(dims, gen.encoder["dim"])
-            rows = sum(r.rows for r in snap.refs)
-            new_specs = [{"dim": d, "kind": choose_spec(kind, d, rows).kind} for d in dims]
-            new_specs = [s for s in new_specs if s not in gen.indexes]
-            refs = [dataclasses.asdict(r) for r in snap.refs]
-            for ref, segment in zip(refs, snap.segments):
-                for spec in new_specs:
-                    ref["faiss"][index_key(spec)] = build_segment_faiss(
-                        segment.folder, segment.info, spec["kind"], spec["dim"], gen.encoder.get("normalize", True))
-            indexes = sorted(gen.indexes + new_specs, key=lambda s: (s["dim"], s["kind"]))
-            idx.commit(gen.successor("add-dim", segments=refs, indexes=indexes))
-        finally:
-            snap.close()
-        idx.collect_garbage()
+    with writing(index_dir) as (idx, snap):
+        gen = snap.generation
+        check_dims(dims, gen.encoder["dim"])
+        rows = sum(r.rows for r in snap.refs)
+        new_specs = [{"dim": d, "kind": choose_spec(kind, d, rows).kind} for d in dims]
+        new_specs = [s for s in new_specs if s not in gen.indexes]
+        refs = [dataclasses.asdict(r) for r in snap.refs]
+        for ref, segment in zip(refs, snap.segments):
+            for spec in new_specs:
+                ref["faiss"][index_key(spec)] = build_segment_faiss(
+                    segment.folder, segment.info, spec["kind"], spec["dim"], gen.encoder.get("normalize", True))
+        indexes = sorted(gen.indexes + new_specs, key=lambda s: (s["dim"], s["kind"]))
+        idx.commit(gen.successor("add-dim", segments=refs, indexes=indexes))
     return [s | {"bytes": sum(r["faiss"][index_key(s)]["bytes"] for r in refs)} for s in new_specs]
