@@ -1,9 +1,9 @@
 """Matryoshka dims and funnel search on SciFact: quality, index size and search-only QPS.
 
-For each dim in the index manifest: nDCG@10 / Recall@100 / MRR@10 (`evaluate_run`), the FAISS
-file's bytes, and QPS. Funnel rows take `candidates` (100, 200) from a low-dim index (64, 128)
-and re-score them with the stored full-dim vectors (`rerank_dim=384`; those fp16 shards are
-reported as "rerank bytes"). Queries are encoded once at full dim; every row then calls
+For each index (dim, kind) of the index's generation: nDCG@10 / Recall@100 / MRR@10
+(`evaluate_run`), its FAISS files' bytes summed over segments, and QPS. Funnel rows take
+`candidates` (100, 200) from a low-dim index (64, 128) and re-score them with the stored full-dim
+vectors (`rerank_dim=384`; those fp16 `*.vec.npy` shards are reported as "rerank bytes"). Queries are encoded once at full dim; every row then calls
 `Searcher.search_vectors(vectors, k, with_fields=False)` on all queries in one batch, so QPS is
 search only (truncation, FAISS, rerank, hit objects), median of `--repeats`, rows interleaved,
 `gc.collect()` before each timed call (else a periodic full collection lands on one row).
@@ -28,6 +28,7 @@ import faiss
 
 from dramasearch.encoder import DTYPES
 from dramasearch.evaluate import METRIC_NAMES, evaluate_run
+from dramasearch.index.snapshot import Snapshot
 from dramasearch.searcher import Searcher
 from dramasearch.topics import read_qrels, read_queries
 
@@ -53,20 +54,23 @@ def main(argv=None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     queries, qrels = read_queries(args.data), read_qrels(args.data)
     full = Searcher(args.index, dtype=DTYPES[args.dtype])  # largest dim; loads the index's own encoder
-    encoder, manifest = full.encoder, full.manifest
+    encoder, snap = full.encoder, full._snap
+    generation = snap.generation
     vectors = encoder.encode_queries([q.text for q in queries], show_progress=False)
     rerank_dim = args.rerank_dim or encoder.dim
-    shard_bytes = sum(full.folder.shard_path(s["number"], ".emb.npy").stat().st_size for s in manifest.shards)
+    shard_bytes = sum(shard.file("vec.npy").bytes for segment in snap.segments for shard in segment.shards)
 
     rows = [{"dim": ix["dim"], "kind": ix["kind"], "rerank_dim": None, "candidates": None,
-             "index_bytes": ix["bytes"], "rerank_bytes": 0} for ix in sorted(manifest.indexes, key=lambda ix: ix["dim"])]
+             "index_bytes": index_bytes(snap, ix), "rerank_bytes": 0}
+            for ix in sorted(generation.indexes, key=lambda ix: ix["dim"])]
     built = {r["dim"]: r for r in rows}
     for dim in (int(d) for d in args.funnel_dims.split(",") if d):
         if dim not in built:
             raise SystemExit(f"--funnel-dims: no index at dim {dim} in {args.index} (built: {sorted(built)})")
         rows += [{**built[dim], "rerank_dim": rerank_dim, "candidates": int(c), "rerank_bytes": shard_bytes}
                  for c in args.candidates.split(",") if c]
-    searchers = {dim: full if dim == full.dim else Searcher(args.index, dim=dim, encoder=encoder) for dim in built}
+    searchers = {dim: full if dim == full.dim and row["kind"] == full.index_kind
+                 else Searcher(args.index, dim=dim, kind=row["kind"], encoder=encoder) for dim, row in built.items()}
 
     def search(row):
         return searchers[row["dim"]].search_vectors(
@@ -86,12 +90,19 @@ def main(argv=None) -> None:
         row["qps"] = round(len(queries) / statistics.median(row["times_s"]), 1)
         row["times_s"] = [round(t, 5) for t in row["times_s"]]
 
-    meta = {"index": str(args.index), "documents": manifest.documents, "encoder": manifest.encoder["name"],
+    meta = {"index": str(args.index), "generation": generation.generation, "segments": len(snap.refs),
+            "documents": generation.documents, "encoder": generation.encoder["name"],
             "query_dtype": str(encoder.dtype),
             "queries": len(queries), "k": args.k, "repeats": args.repeats, "faiss": faiss.__version__,
             "faiss_threads": faiss.omp_get_max_threads(), "machine": platform.platform(), "loadavg": os.getloadavg()}
     args.out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     print(markdown(rows, meta))
+
+
+def index_bytes(snap: Snapshot, entry: dict) -> int:
+    """One index's size: its FAISS file in every segment, as the generation records them."""
+    name = f"dim{entry['dim']}-{entry['kind']}"
+    return sum(ref.faiss[name]["bytes"] for ref in snap.refs)
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
