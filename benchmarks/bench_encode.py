@@ -44,12 +44,12 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from dramasearch.index.build import BuildSettings, build_index
+from dramasearch.index.snapshot import Snapshot
 from dramasearch.corpus import iter_documents
 from dramasearch.encoder import DTYPES, default_batch_tokens
 from dramasearch.evaluate import evaluate_run
 from dramasearch.models import load_encoder, resolve_model_folder
 from dramasearch.searcher import Searcher
-from dramasearch.store import IndexFolder
 from dramasearch.topics import read_qrels, read_queries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,8 +199,12 @@ def main(argv=None) -> None:
         return None
 
     def stored_vectors(out: str) -> np.ndarray:
-        folder = IndexFolder(out)
-        return np.concatenate([folder.load_embeddings(s["number"]) for s in folder.read_manifest().shards])
+        """The build's fp16 vectors in row order: its segments, each shard by shard."""
+        snap = Snapshot(out)
+        try:
+            return np.concatenate([block for segment in snap.segments for block in segment.vector_blocks()])
+        finally:
+            snap.close()
 
     for model in [*peers.values(), *ours.values()]:  # warm-up: first calls allocate and pick kernels
         (model.encode if isinstance(model, SentenceTransformer) else model.encode_documents)(texts[:64])

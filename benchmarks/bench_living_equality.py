@@ -45,11 +45,15 @@ def build(corpus: Path, out: Path, encoder) -> None:
 
 
 def compare(a: Path, b: Path, encoder, queries: list[str]) -> dict:
+    """Per kind: how many top-100 lists are identical, differ only by tied swaps, or differ; and for
+    HNSW (approximate) the recall@100 of each index against the exact (flat) answer of the same corpus."""
     result = {}
     vectors = encoder.encode_queries(queries, show_progress=False)
+    hits = {}
     for kind in ("flat", "hnsw"):
         with Searcher(a, encoder=encoder, kind=kind) as left, Searcher(b, encoder=encoder, kind=kind) as right:
-            ours, theirs = left.search_vectors(vectors, k=K), right.search_vectors(vectors, k=K)
+            hits[kind] = (left.search_vectors(vectors, k=K), right.search_vectors(vectors, k=K))
+        ours, theirs = hits[kind]
         identical = tie_swaps = different = 0
         max_score_diff = 0.0
         for x, y in zip(ours, theirs):
@@ -62,6 +66,11 @@ def compare(a: Path, b: Path, encoder, queries: list[str]) -> dict:
             max_score_diff = max(max_score_diff, max(abs(h.score - g.score) for h, g in zip(x, y)))
         result[kind] = {"identical": identical, "tie_swaps": tie_swaps, "different": different,
                         "max_score_diff": float(max_score_diff)}
+    exact = hits["flat"][1]
+    for side, name in ((0, "updated"), (1, "fresh")):
+        overlap = [len({h.docid for h in approx} & {h.docid for h in truth}) / len(truth)
+                   for approx, truth in zip(hits["hnsw"][side], exact)]
+        result["hnsw"][f"recall@{K}_{name}"] = float(sum(overlap) / len(overlap))
     return result
 
 

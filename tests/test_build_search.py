@@ -487,3 +487,16 @@ def test_searcher_as_context_manager_releases_its_files(baseline, minilm):
         assert len(os.listdir("/proc/self/fd")) > before
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_failing_device_worker_reports_its_real_error(corpus, tmp_path):
+    """A bad input line inside a worker's shard reaches the user as the worker's own error message."""
+    lines = corpus.read_bytes().splitlines()[:12]
+    lines[7] = b'{"_id": "bad", "title": "no text"}'  # line 8: in shard 1 with shard_size 5
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\n".join(lines) + b"\n")
+    settings = _settings(bad, tmp_path / "index", devices=("cpu", "cpu"), shard_size=5)
+    with pytest.raises(IndexFormatError, match=rf"encoding workers failed on devices \[.*\]: cpu: {re.escape(str(bad))}:8: "
+                                               r"field 'text\|contents\|body': missing"):
+        build_index(settings)
+    assert IndexDir(settings.output).latest() is None

@@ -180,7 +180,7 @@ def seal_segment(folder: Path, name: str, shards: Sequence[ShardInfo], dim: int,
 def _read_ids(folder: Path, info: ShardInfo) -> list[str]:
     stem = shard_stem(info.number)
     data = (folder / f"{stem}.ids.bin").read_bytes()
-    offsets = load_npy(folder / f"{stem}.ids.off.npy")
+    offsets = load_npy(folder / f"{stem}.ids.off.npy").tolist()
     return [data[offsets[i]:offsets[i + 1]].decode("utf-8", "surrogatepass") for i in range(info.documents)]
 
 
@@ -262,6 +262,15 @@ class Segment:
             out[i] = read_npy_rows(self.cache, self._path(shard, "vec.npy"), shard.file("vec.npy").header, row_bytes,
                                    np.float16, (self.info.dim,), row - int(self.row_starts[s]), 1)[0]
         return out
+
+    def shard_documents(self, number: int) -> tuple[list[str], list[tuple[str, str]]]:
+        """One shard's ids and (title, text) records, read in bulk (compaction streams shard by shard)."""
+        shard = self.shards[number]
+        ids = _read_ids(self.folder, shard)
+        data = self._path(shard, "docs.bin").read_bytes()
+        offsets = load_npy(self._path(shard, "docs.off.npy")).tolist()
+        fields = [tuple(msgpack.unpackb(data[offsets[i]:offsets[i + 1]])) for i in range(shard.documents)]
+        return ids, fields
 
     def shard_vectors(self, number: int) -> np.ndarray:
         """One shard's vectors, memory-mapped (for streaming builds; the mapping closes when dropped)."""

@@ -229,7 +229,7 @@ def _live_shard(snap: Snapshot, i: int, s: int) -> ShardData:
     """Source shard s of segment i without its deleted documents."""
     segment = snap.segments[i]
     shard = segment.shards[s]
-    row0, doc0 = int(segment.row_starts[s]), int(segment.doc_starts[s])
+    row0 = int(segment.row_starts[s])
     deleted = snap.deleted_rows(i)
     local_deleted = deleted[(deleted >= row0) & (deleted < row0 + shard.rows)] - row0
     live_rows = np.ones(shard.rows, dtype=bool)
@@ -246,12 +246,11 @@ def _live_shard(snap: Snapshot, i: int, s: int) -> ShardData:
         chunk_rows = kept
     else:
         live_docs, chunk_rows = live_rows, None
-    docs = [d for d in range(shard.documents) if live_docs[d]]
+    ids, fields = segment.shard_documents(s)
+    keep = np.nonzero(live_docs)[0].tolist()
     hashes = np.load(segment.folder / f"{shard.number:05d}.hash.npy", allow_pickle=False)
-    return ShardData(
-        vectors=vectors, ids=[segment.docid(doc0 + d) for d in docs], fields=[segment.fields(doc0 + d) for d in docs],
-        content_hashes=hashes[live_docs], chunk_rows=chunk_rows,
-    )
+    return ShardData(vectors=vectors, ids=[ids[d] for d in keep], fields=[fields[d] for d in keep],
+                     content_hashes=hashes[live_docs], chunk_rows=chunk_rows)
 
 
 def add_dims(index_dir: str | Path, dims: Sequence[int], kind: str = "auto") -> list[dict]:
