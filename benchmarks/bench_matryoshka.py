@@ -3,7 +3,8 @@
 For each index (dim, kind) of the index's generation: nDCG@10 / Recall@100 / MRR@10
 (`evaluate_run`), its FAISS files' bytes summed over segments, and QPS. Funnel rows take
 `candidates` (100, 200) from a low-dim index (64, 128) and re-score them with the stored full-dim
-vectors (`rerank_dim=384`; those fp16 `*.vec.npy` shards are reported as "rerank bytes"). Queries are encoded once at full dim; every row then calls
+vectors (`rerank_dim=384`; those fp16 `*.vec.npy` shards are reported as "rerank bytes").
+Queries are encoded once at full dim; every row then calls
 `Searcher.search_vectors(vectors, k, with_fields=False)` on all queries in one batch, so QPS is
 search only (truncation, FAISS, rerank, hit objects), median of `--repeats`, rows interleaved,
 `gc.collect()` before each timed call (else a periodic full collection lands on one row).

@@ -124,7 +124,8 @@ def make_index(source_dir: Path, out: Path, rows: int, kind: str, dims: list[int
 def source_documents(snap: Snapshot) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
     """Every live document of the pinned generation: float32 full-dim vectors, ids, (title, text)."""
     if snap.settings.get("long_doc") == "chunk":
-        raise SystemExit(f"{snap.dir.root}: a chunk-mode index has several rows per document; use a full-document index")
+        raise SystemExit(f"{snap.dir.root}: a chunk-mode index has several rows per document; "
+                         "use a full-document index")
     vectors, ids, fields = [], [], []
     for i, segment in enumerate(snap.segments):
         live = [doc for doc, _, _ in snap.live_documents(i)]  # row = document outside chunk mode
