@@ -130,8 +130,11 @@ def source_documents(snap: Snapshot) -> tuple[np.ndarray, list[str], list[tuple[
     for i, segment in enumerate(snap.segments):
         live = [doc for doc, _, _ in snap.live_documents(i)]  # row = document outside chunk mode
         vectors.append(np.concatenate(list(segment.vector_blocks()))[live].astype(np.float32))
-        ids += [segment.docid(doc) for doc in live]
-        fields += [segment.fields(doc) for doc in live]
+        shards = [segment.shard_documents(n) for n in range(len(segment.shards))]
+        segment_ids = [docid for shard_ids, _ in shards for docid in shard_ids]
+        segment_fields = [record for _, shard_fields in shards for record in shard_fields]
+        ids += [segment_ids[doc] for doc in live]
+        fields += [segment_fields[doc] for doc in live]
     if not ids:
         raise SystemExit(f"{snap.dir.root}: no live documents to tile")
     return np.concatenate(vectors), ids, fields
