@@ -497,6 +497,6 @@ def test_a_failing_device_worker_reports_its_real_error(corpus, tmp_path):
     bad.write_bytes(b"\n".join(lines) + b"\n")
     settings = _settings(bad, tmp_path / "index", devices=("cpu", "cpu"), shard_size=5)
     with pytest.raises(IndexFormatError, match=rf"encoding workers failed on devices \[.*\]: cpu: {re.escape(str(bad))}:8: "
-                                               r"field 'text\|contents\|body': missing"):
+                                               r"field 'text': missing or null"):
         build_index(settings)
     assert IndexDir(settings.output).latest() is None
