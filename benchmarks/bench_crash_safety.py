@@ -1,9 +1,9 @@
 """kill -9 at random moments of add, upsert, delete, compact and refresh: never a mixed index.
 
 Each round first runs the command on a copy of the index to learn its expected result and how
-long it writes (from its first file change to its exit); then runs it on the index as a real
-process and sends SIGKILL a uniform random time within that window after its first write, and
-checks that:
+long it writes (from its first file change to its commit); then runs it on the index as a real
+process and sends SIGKILL a uniform random time within 1.2x that window after its first write
+(so most kills land before the commit, some just after), and checks that:
 - the index opens, and its newest generation is the one before the command or the one after;
 - its live documents (ids and content hashes) and encoder are exactly that generation's
   expected state, and every file passes `verify` (full checksums);
@@ -75,17 +75,21 @@ def files(root: Path) -> dict[str, int]:
 
 
 def timed_run(args: list[str], watch: Path) -> tuple[float, float]:
-    """Run to completion; return (seconds until the first file under `watch` changed, total seconds)."""
-    start, initial, first = time.perf_counter(), files(watch), None
+    """Run to completion; return seconds until (the first file under `watch` changed, the commit)."""
+    start, initial, first, commit = time.perf_counter(), files(watch), None, None
+    generations = set((watch / "generations").iterdir())
     proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while proc.poll() is None:
         if first is None and files(watch) != initial:
             first = time.perf_counter() - start
-        time.sleep(0.002)
+        if commit is None and set((watch / "generations").iterdir()) - generations:
+            commit = time.perf_counter() - start
+        time.sleep(0.001)
     total = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{args[0]} failed: {proc.stderr.read()[-500:]}")
-    return (first if first is not None else total), total
+    first = total if first is None else first
+    return first, (total if commit is None else commit)
 
 
 def run(args: list[str], watch: Path | None = None, window: float = 0.0, rng: random.Random | None = None) -> str:
@@ -147,11 +151,12 @@ def main() -> None:
         shutil.rmtree(probe, ignore_errors=True)
         shutil.copytree(root, probe, ignore=shutil.ignore_patterns("*.lock"))
         probe_cmd = [str(probe) if c == str(root) else c for c in cmd]
-        first_write, total = timed_run(probe_cmd, probe)
-        durations[name] = total
+        first_write, committed = timed_run(probe_cmd, probe)
+        durations[name] = committed
         after = state(probe)
-        # Kill while the command writes (after start-up and model loading), where a crash can hurt.
-        window = total - first_write
+        # Kill while the command writes (after start-up and model loading) and up to a little past
+        # its commit, so most kills land before the commit, where a crash can hurt.
+        window = 1.2 * (committed - first_write)
         outcome = run(cmd, root, window, rng)
         row = {"round": round_no, "op": name, "write_window_s": round(window, 3), "outcome": outcome}
         try:
@@ -180,7 +185,7 @@ def main() -> None:
             refresh_to = 1 - refresh_to
         print(json.dumps(row), flush=True)
     shutil.rmtree(out / "probe", ignore_errors=True)
-    print(json.dumps({"summary": counts, "seconds_per_op_uninterrupted": {k: round(v, 1) for k, v in durations.items()}}))
+    print(json.dumps({"summary": counts, "seconds_to_commit_uninterrupted": {k: round(v, 1) for k, v in durations.items()}}))
 
 
 if __name__ == "__main__":
