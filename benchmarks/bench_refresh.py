@@ -56,7 +56,7 @@ def main() -> None:
 
     reader = Searcher(root, encoder=minilm)
     probe = [q.text for q in queries[:20]]
-    before = reader.batch_search(probe, k=10)
+    before = [[h.docid for h in reader.search(q, k=10)] for q in probe]  # one at a time, as the loop searches
     stats = {"searches": 0, "errors": 0, "changed": 0}
     done = threading.Event()
 
@@ -65,7 +65,7 @@ def main() -> None:
         while not done.is_set():
             try:
                 hits = reader.search(probe[i % len(probe)], k=10)
-                stats["changed"] += hits != before[i % len(probe)]
+                stats["changed"] += [h.docid for h in hits] != before[i % len(probe)]
             except Exception:  # noqa: BLE001 - counted
                 stats["errors"] += 1
             stats["searches"] += 1
