@@ -145,6 +145,7 @@ def info(index_dir) -> None:
     """What an index holds: generation, encoder, segments, live rows, tombstones, FAISS indexes."""
     from .index.generation import IndexDir
     from .index.segment import read_segment_info
+    from .index.writer import index_key
 
     idx = IndexDir(index_dir)
     g = idx.read()
@@ -162,7 +163,7 @@ def info(index_dir) -> None:
         click.echo(f"segment: {s['name']} keys {s['base']}..{s['base'] + s['rows'] - 1}: {s['documents']} documents "
                    f"({sealed.empty} empty, {sealed.truncated} truncated), {s['rows']} rows, {s['deleted']} deleted")
     for ix in g.indexes:
-        size = sum(s["faiss"][f"dim{ix['dim']}-{ix['kind']}"]["bytes"] for s in g.segments)
+        size = sum(s["faiss"][index_key(ix)]["bytes"] for s in g.segments)
         click.echo(f"index: dim {ix['dim']} {ix['kind']} ({size:,} bytes)")
 
 

@@ -27,6 +27,7 @@ from .encoder import Encoder, EncoderSpec
 from .errors import IndexFormatError, ModelLoadError
 from .index.files import FileCache
 from .index.snapshot import Snapshot, StoredDocument
+from .index.writer import index_key
 from .matryoshka import prepare
 from .models import load_encoder
 
@@ -133,7 +134,7 @@ class Searcher:
 
     def _select_index(self, snap: Snapshot) -> None:
         self._entry = snap.index_entry(self._requested_dim, self._requested_kind)
-        self._index_name = f"dim{self._entry['dim']}-{self._entry['kind']}"
+        self._index_name = index_key(self._entry)
         self.index_kind = self._entry["kind"]
 
     def reopen(self) -> bool:

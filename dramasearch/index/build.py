@@ -23,7 +23,7 @@ from .faiss_index import choose_spec
 from .generation import Generation, IndexDir, _now
 from .segment import read_segment_info, seal_segment
 from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, batched, check_dims, content_sha256, \
-    encode_documents, finish_work, new_ref, read_work, segment_name, start_work
+    encode_documents, finish_work, index_key, new_ref, read_work, segment_name, start_work
 
 LONG_DOC_MODES = ("full", "chunk")
 DEFAULT_CHUNK_TOKENS = 512
@@ -154,10 +154,13 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
         idx.commit(generation)
         finish_work(idx, BUILD_SEGMENT)
         idx.collect_garbage()
-    report.indexes = [{"dim": s["dim"], "kind": s["kind"], "bytes": ref.faiss[f"dim{s['dim']}-{s['kind']}"]["bytes"]}
-                      for s in specs]
+    report.indexes = _index_sizes(specs, ref)
     report.generation, report.complete = 1, True
     return report
+
+
+def _index_sizes(specs: list[dict], ref) -> list[dict]:
+    return [{"dim": s["dim"], "kind": s["kind"], "bytes": ref.faiss[index_key(s)]["bytes"]} for s in specs]
 
 
 def _documents(settings: BuildSettings):
@@ -201,8 +204,7 @@ def _rebuild_committed(idx: IndexDir, settings: BuildSettings, encoder: Encoder,
     report.empty = sum(s.empty for s in sealed)
     report.truncated = sum(s.truncated for s in sealed)
     ref = generation.refs()[0]
-    report.indexes = [{"dim": s["dim"], "kind": s["kind"], "bytes": ref.faiss[f"dim{s['dim']}-{s['kind']}"]["bytes"]}
-                      for s in generation.indexes]
+    report.indexes = _index_sizes(generation.indexes, ref)
     report.generation, report.complete = generation.generation, True
     return report
 

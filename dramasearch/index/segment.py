@@ -153,7 +153,7 @@ def seal_segment(folder: Path, name: str, shards: Sequence[ShardInfo], dim: int,
     hashes, doc_rows = [], [np.zeros(1, dtype=np.int64)]
     row_base = 0
     for info in shards:
-        hashes.append(id_hashes(_read_ids(folder, info)))
+        hashes.append(id_hashes(read_shard_ids(folder, info)))
         if chunked:
             docs_in_shard = load_npy(folder / f"{shard_stem(info.number)}.{CHUNK_FILE}")[:, 0]
             counts = np.bincount(docs_in_shard, minlength=info.documents)
@@ -177,7 +177,7 @@ def seal_segment(folder: Path, name: str, shards: Sequence[ShardInfo], dim: int,
     return info
 
 
-def _read_ids(folder: Path, info: ShardInfo) -> list[str]:
+def read_shard_ids(folder: Path, info: ShardInfo) -> list[str]:
     stem = shard_stem(info.number)
     data = (folder / f"{stem}.ids.bin").read_bytes()
     offsets = load_npy(folder / f"{stem}.ids.off.npy").tolist()
@@ -266,7 +266,7 @@ class Segment:
     def shard_documents(self, number: int) -> tuple[list[str], list[tuple[str, str]]]:
         """One shard's ids and (title, text) records, read in bulk (compaction streams shard by shard)."""
         shard = self.shards[number]
-        ids = _read_ids(self.folder, shard)
+        ids = read_shard_ids(self.folder, shard)
         data = self._path(shard, "docs.bin").read_bytes()
         offsets = load_npy(self._path(shard, "docs.off.npy")).tolist()
         fields = [tuple(msgpack.unpackb(data[offsets[i]:offsets[i + 1]])) for i in range(shard.documents)]

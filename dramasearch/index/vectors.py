@@ -18,7 +18,7 @@ from ..idhash import SeenIds, check_duplicate
 from ..models import load_encoder
 from .faiss_index import choose_spec
 from .generation import Generation, IndexDir, _now
-from .segment import ShardData, read_shard_info, seal_segment, shard_is_whole, write_shard
+from .segment import ShardData, read_shard_ids, read_shard_info, seal_segment, shard_is_whole, write_shard
 from .writer import RowSettings, SegmentReport, check_dims, finish_work, new_ref, segment_name, start_work
 
 FP16_MAX = 65504.0
@@ -177,12 +177,8 @@ def _check_ids(path: Path, seen: SeenIds, block_ids: list[str], start: int, fold
     def id_at(position: int) -> str:
         if position >= start:
             return block_ids[position - start]
-        number, local = divmod(position, shard_size)
-        stem = f"{number:05d}"
-        offsets = np.load(folder / f"{stem}.ids.off.npy", allow_pickle=False)
-        with open(folder / f"{stem}.ids.bin", "rb") as f:
-            f.seek(int(offsets[local]))
-            return f.read(int(offsets[local + 1] - offsets[local])).decode("utf-8", "surrogatepass")
+        number, local = divmod(position, shard_size)  # a hash match, rare: reading the shard's ids is fine
+        return read_shard_ids(folder, read_shard_info(folder, number))[local]
 
     for i, docid in enumerate(block_ids):
         first = check_duplicate(seen, docid, start + i, id_at)
