@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from dramasearch.index.snapshot import Snapshot
+from dramasearch.index.snapshot import Snapshot, verify_index
 
 CLI = [sys.executable, "-m", "dramasearch.cli"]
 
@@ -41,11 +41,11 @@ def write(path: Path, docs: list[dict]) -> Path:
 
 def state(root: Path) -> tuple[int, str, frozenset]:
     """(generation, encoder fingerprint, live (docid, content hash) pairs), after a full verify."""
-    snap = Snapshot(root)
+    number, damaged = verify_index(root)
+    if damaged:
+        raise AssertionError(f"damaged files after a kill: {damaged}")
+    snap = Snapshot(root, number)
     try:
-        damaged = snap.verify()
-        if damaged:
-            raise AssertionError(f"damaged files after a kill: {damaged}")
         live = set()
         for i, segment in enumerate(snap.segments):
             for doc, _, _ in snap.live_documents(i):

@@ -270,17 +270,14 @@ def get(index_dir, docid) -> None:
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 def verify(index_dir) -> None:
     """Check every file of the newest generation against its recorded checksum."""
-    from .index.snapshot import Snapshot
+    from .errors import IndexDamagedError
+    from .index.snapshot import verify_index
 
-    snap = Snapshot(index_dir)
-    try:
-        damaged = snap.verify()
-    finally:
-        snap.close()
+    number, damaged = verify_index(index_dir)
     if damaged:
-        raise DramaSearchError("damaged files:\n  " + "\n  ".join(damaged) +
-                               "\nrerun the command that wrote them (build-index resumes and rewrites damaged shards)")
-    click.echo(f"{index_dir}: generation {snap.number}: all files match their checksums")
+        raise IndexDamagedError(f"{index_dir}: generation {number}: {len(damaged)} damaged:\n  " + "\n  ".join(damaged),
+                                files=damaged)
+    click.echo(f"{index_dir}: generation {number}: all files match their checksums")
 
 
 @cli.command()

@@ -63,6 +63,15 @@ class IndexFormatError(DramaSearchError):
     exit_code = EXIT_INDEX
 
 
+REPAIR_HINT = ("the index is damaged: `dramasearch verify INDEX` lists every damaged file, and rerunning "
+               "`dramasearch build-index CORPUS -o INDEX` repairs an index that build-index made (it redoes "
+               "only the damaged parts); rebuild an index changed by add/delete into a new folder")
+
+
 class IndexDamagedError(IndexFormatError):
-    """A file of the index fails its checks (size, header, checksum, identity); it names the
-    file and the command that repairs it. No search runs on a snapshot that raised it."""
+    """A file of the index fails its checks (size, header, checksum, identity); the message names
+    the file and the command that repairs it. No search runs on a snapshot that raised it."""
+
+    def __init__(self, message: str, files: list[str] | None = None):
+        self.files = files or []
+        super().__init__(f"{message}\n{REPAIR_HINT}")

@@ -370,13 +370,17 @@ def test_damaged_generation_file_and_old_format_name_the_file(minilm, docs, tmp_
     root = tmp_path / "index"
     _build(_write(tmp_path / "c.jsonl", docs[:10]), root, minilm)
     (root / "generations" / "00000001.json").write_text("{not json")
-    with pytest.raises(IndexFormatError, match=r"generations/00000001\.json: damaged generation file"):
+    with pytest.raises(IndexFormatError, match=r"generations/00000001\.json: generation file is not valid JSON"):
         Searcher(root, encoder=minilm)
     old = tmp_path / "old"
     old.mkdir()
     (old / "manifest.json").write_text(json.dumps({"format_version": 1}))
-    with pytest.raises(IndexFormatError, match=r"index format 1 \(dramasearch 0\.1\).*format 2.*build-index"):
+    with pytest.raises(IndexFormatError, match=r"index format 1 \(dramasearch 0\.1\).*format 3.*build-index"):
         Searcher(old, encoder=minilm)
+    (root / "dramasearch-index.json").write_text(json.dumps({"format": "dramasearch-index", "format_version": 2}))
+    with pytest.raises(IndexFormatError, match=r"index format 2; this version of dramasearch reads format 3 "
+                                               r"\(checksummed records since format 3\).*build-index"):
+        Searcher(root, encoder=minilm)
 
 
 def test_a_user_folder_is_refused_and_left_untouched(minilm, docs, tmp_path):

@@ -131,3 +131,55 @@ def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+_DIGESTS: dict[tuple, str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def cached_sha256(path: Path) -> str:
+    """file_sha256, computed once per process for an unchanged file (same inode, size and mtime).
+
+    Index files are immutable, so a long-lived reader pays for hashing a file once, and a
+    reopen after a commit hashes only the files the commit added.
+    """
+    st = os.stat(path)
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        if key in _DIGESTS:
+            return _DIGESTS[key]
+    digest = file_sha256(path)
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = digest
+    return digest
+
+
+def file_problem(path: Path, info: dict, full: bool, cached: bool = True) -> str | None:
+    """What is wrong with `path` against its recorded {"bytes", "sha256"}, or None.
+
+    Cheap: it exists with its recorded size. Full: its sha256 matches as well.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return f"{path}: missing"
+    if size != info["bytes"]:
+        return f"{path}: {size} bytes, but {info['bytes']} were written (truncated, extended or swapped)"
+    if full and (cached_sha256(path) if cached else file_sha256(path)) != info["sha256"]:
+        return f"{path}: contents differ from the checksum recorded when it was written (damaged or swapped)"
+    return None
+
+
+def npy_header_problem(cache: FileCache, path: Path, header: int, dtype, shape: tuple) -> str | None:
+    """Whether an .npy file's header declares the dtype and shape its records say (one small read)."""
+    try:
+        raw = cache.pread(path, header, 0)
+        stream = io.BytesIO(raw)
+        version = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        found_shape, fortran, found_dtype = read(stream)
+    except (ValueError, IndexFormatError, OSError) as exc:
+        return f"{path}: not a readable numpy file ({exc})"
+    if found_dtype != np.dtype(dtype) or tuple(found_shape) != tuple(shape) or fortran:
+        return f"{path}: holds {found_dtype} {tuple(found_shape)}, expected {np.dtype(dtype)} {tuple(shape)}"
+    return None

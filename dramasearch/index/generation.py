@@ -22,19 +22,21 @@ import datetime
 import json
 import os
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import IndexFormatError
+from ..errors import IndexDamagedError, IndexFormatError
 from ..fsutil import atomic_write_bytes
+from .records import read_record, record_bytes
 
 try:
     import fcntl
 except ImportError:  # Windows: no pins, no removal of old generations
     fcntl = None
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: every JSON record carries its checksum; index ids tie generations to their folder
 MARKER = "dramasearch-index.json"
 OLD_MANIFEST = "manifest.json"  # format 1
 
@@ -51,6 +53,7 @@ class SegmentRef:
     deleted_rows: int = 0
     deletes: dict | None = None  # {"file", "bytes", "sha256"}: sorted int64 deleted rows (cumulative)
     faiss: dict[str, dict] = field(default_factory=dict)  # "dim256-flat" -> {"file", "bytes", "sha256"}
+    info_sha256: str = ""  # of segment.json, so a swapped or edited segment record is found at open
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Generation:
     next_key: int = 0
     next_segment: int = 0
     format_version: int = FORMAT_VERSION
+    index_id: str = ""  # the folder's id (its marker): a generation copied from another index is refused
 
     def refs(self) -> list[SegmentRef]:
         return [SegmentRef(**s) for s in self.segments]
@@ -91,6 +95,19 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def read_generation(path: Path) -> Generation:
+    raw = read_record(path, "generation file")
+    try:
+        return Generation(**raw)
+    except TypeError as exc:
+        raise IndexDamagedError(f"{path}: generation file has unexpected fields ({exc})") from None
+
+
+def work_segment(path: Path) -> str:
+    """The segment a work record protects; the work file's own name says it when the record is damaged."""
+    return path.stem
+
+
 def gen_name(number: int) -> str:
     return f"{number:08d}"
 
@@ -109,25 +126,35 @@ class IndexDir:
     def is_index(self) -> bool:
         return (self.root / MARKER).is_file()
 
-    def check_format(self) -> None:
-        """Refuse folders that are not ours or are of another format, saying what to do."""
+    def check_format(self) -> str:
+        """Refuse folders that are not ours or are of another format, saying what to do; returns the index id."""
         if (self.root / OLD_MANIFEST).is_file() and not self.is_index():
             raise IndexFormatError(
                 f"{self.root}: index format 1 (dramasearch 0.1); this version reads format {FORMAT_VERSION} "
                 f"(generations, add/delete). Rebuild it: dramasearch build-index CORPUS -o NEW_FOLDER"
             )
+        return self._marker_id()
+
+    def _marker_id(self) -> str:
+        """The id written at creation; every generation of this folder records the same one."""
         marker = self.root / MARKER
         if not marker.is_file():
             raise IndexFormatError(f"{self.root}: not a dramasearch index ({MARKER} is missing)")
         try:
-            version = json.loads(marker.read_text(encoding="utf-8")).get("format_version")
-        except (OSError, ValueError) as exc:
-            raise IndexFormatError(f"{marker}: unreadable ({exc}); the index is damaged") from None
-        if version != FORMAT_VERSION:
+            raw = json.loads(marker.read_bytes())
+        except ValueError:
+            raw = {}
+        version = raw.get("format_version") if isinstance(raw, dict) else None
+        if isinstance(version, int) and version != FORMAT_VERSION:
             raise IndexFormatError(
-                f"{marker}: index format {version}; this version of dramasearch reads format {FORMAT_VERSION}: "
-                "rebuild the index with `dramasearch build-index CORPUS -o NEW_FOLDER`"
+                f"{marker}: index format {version}; this version of dramasearch reads format {FORMAT_VERSION} "
+                "(checksummed records since format 3): rebuild the index with "
+                "`dramasearch build-index CORPUS -o NEW_FOLDER`"
             )
+        record = read_record(marker, "the index marker")
+        if record.get("format_version") != FORMAT_VERSION or not record.get("index_id"):
+            raise IndexDamagedError(f"{marker}: the index marker lacks its format version or id")
+        return record["index_id"]
 
     def create(self) -> None:
         """Claim a folder for a new index; never one that holds someone else's files."""
@@ -148,8 +175,11 @@ class IndexDir:
                     "choose a new or empty output folder (nothing was written)"
                 )
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.root / MARKER, json.dumps({"format": "dramasearch-index",
-                                                           "format_version": FORMAT_VERSION}).encode())
+        self.write_marker(uuid.uuid4().hex)
+
+    def write_marker(self, index_id: str) -> None:
+        atomic_write_bytes(self.root / MARKER, record_bytes({"format": "dramasearch-index",
+                                                             "format_version": FORMAT_VERSION, "index_id": index_id}))
 
     # --- generations ---------------------------------------------------------------------------
     def latest(self) -> int | None:
@@ -159,20 +189,21 @@ class IndexDir:
         return max(numbers) if numbers else None
 
     def read(self, number: int | None = None) -> Generation:
-        self.check_format()
+        index_id = self.check_format()
         if number is None:
             number = self.latest()
             if number is None:
                 hint = " (a build started here has not finished: rerun it to resume)" if self.work.is_dir() else ""
                 raise IndexFormatError(f"{self.root}: the index has no committed generation yet{hint}")
         path = self.generations / f"{gen_name(number)}.json"
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            return Generation(**raw)
-        except FileNotFoundError:
-            raise IndexFormatError(f"{path}: generation {number} does not exist (removed or never committed)") from None
-        except (ValueError, TypeError) as exc:
-            raise IndexFormatError(f"{path}: damaged generation file ({exc}); run `dramasearch verify`") from None
+        if not path.is_file():
+            raise IndexFormatError(f"{path}: generation {number} does not exist (removed or never committed)")
+        generation = read_generation(path)
+        if generation.index_id != index_id or generation.generation != number:
+            raise IndexDamagedError(f"{path}: generation file belongs to another index or generation "
+                                    f"(id {generation.index_id}, number {generation.generation}; this folder "
+                                    f"is {index_id}, number {number})")
+        return generation
 
     def commit(self, generation: Generation) -> None:
         """Make `generation` visible: one atomic rename. The caller holds the writer lock."""
@@ -180,8 +211,9 @@ class IndexDir:
         expected = 1 if latest is None else latest + 1
         if generation.generation != expected:
             raise IndexFormatError(f"{self.root}: commit of generation {generation.generation} but the next is {expected}")
+        generation.index_id = self.check_format()
         atomic_write_bytes(self.generations / f"{gen_name(generation.generation)}.json",
-                           json.dumps(dataclasses.asdict(generation), indent=1).encode())
+                           record_bytes(dataclasses.asdict(generation), indent=1))
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:
@@ -250,14 +282,16 @@ class IndexDir:
     def _remove_unreferenced(self) -> list[Path]:
         live: dict[str, set[str]] = {}
         for path in self.generations.glob("[0-9]*.json"):
-            gen = Generation(**json.loads(path.read_text(encoding="utf-8")))
+            try:
+                gen = read_generation(path)
+            except IndexDamagedError:
+                continue  # a damaged old generation (removed above unless pinned) keeps nothing alive
             for ref in gen.refs():
                 names = live.setdefault(ref.name, set())
                 names.update(f["file"] for f in ref.faiss.values())
                 if ref.deletes:
                     names.add(ref.deletes["file"])
-        working = {json.loads(p.read_text(encoding="utf-8")).get("segment") for p in self.work.glob("*.json")} \
-            if self.work.is_dir() else set()
+        working = {work_segment(p) for p in self.work.glob("*.json")} if self.work.is_dir() else set()
         removed = []
         for folder in sorted(self.segments.glob("*")) if self.segments.is_dir() else []:
             if folder.name in working:

@@ -19,7 +19,6 @@ the unit of visibility (a generation lists whole segments). Row = document outsi
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,10 +26,12 @@ from typing import Sequence
 import msgpack
 import numpy as np
 
-from ..errors import IndexFormatError
+from ..errors import IndexDamagedError
 from ..fsutil import atomic_write_bytes
+from .records import parse_record, read_record, record_bytes
 from ..idhash import id_hashes
-from .files import FileCache, file_sha256, load_npy, npy_bytes, npy_header_size, read_npy_rows, sha256_bytes
+from .files import FileCache, file_problem, load_npy, npy_bytes, npy_header_problem, npy_header_size, read_npy_rows, \
+    sha256_bytes
 
 SEGMENT_FILE = "segment.json"
 LOOKUP = "lookup.npy"
@@ -100,7 +101,7 @@ def write_shard(folder: Path, number: int, data: ShardData, content_sha256: str,
         files[suffix] = dataclasses.asdict(FileInfo(len(payload), sha256_bytes(payload), header))
     info = ShardInfo(number=number, rows=len(data.vectors), documents=len(data.ids),
                      content_sha256=content_sha256, files=files, **stats)
-    atomic_write_bytes(folder / f"{shard_stem(number)}.json", json.dumps(dataclasses.asdict(info)).encode())
+    atomic_write_bytes(folder / f"{shard_stem(number)}.json", record_bytes(dataclasses.asdict(info)))
     return info
 
 
@@ -111,14 +112,14 @@ def _offsets(parts: Sequence[bytes]) -> np.ndarray:
 
 
 def read_shard_info(folder: Path, number: int) -> ShardInfo | None:
-    """The sidecar of a finished shard, trusted without re-hashing (resume stays cheap)."""
+    """The sidecar of a finished shard (None when absent or damaged: the shard is then encoded again)."""
     path = folder / f"{shard_stem(number)}.json"
     if not path.is_file():
         return None
     try:
-        return ShardInfo(**json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError) as exc:
-        raise IndexFormatError(f"{path}: damaged shard sidecar ({exc}); delete it and rerun to re-encode the shard")
+        return ShardInfo(**read_record(path, "shard sidecar"))
+    except (IndexDamagedError, TypeError):
+        return None
 
 
 def shard_is_whole(folder: Path, info: ShardInfo) -> bool:
@@ -173,7 +174,7 @@ def seal_segment(folder: Path, name: str, shards: Sequence[ShardInfo], dim: int,
     info = SegmentInfo(name=name, rows=row_base, documents=len(table), dim=dim, chunked=chunked,
                        shards=[dataclasses.asdict(s) for s in shards], files=files,
                        empty=sum(s.empty for s in shards), truncated=sum(s.truncated for s in shards))
-    atomic_write_bytes(folder / SEGMENT_FILE, json.dumps(dataclasses.asdict(info)).encode())
+    atomic_write_bytes(folder / SEGMENT_FILE, record_bytes(dataclasses.asdict(info)))
     return info
 
 
@@ -184,14 +185,20 @@ def read_shard_ids(folder: Path, info: ShardInfo) -> list[str]:
     return [data[offsets[i]:offsets[i + 1]].decode("utf-8", "surrogatepass") for i in range(info.documents)]
 
 
-def read_segment_info(folder: Path) -> SegmentInfo:
+def read_segment_info(folder: Path, sha256: str | None = None) -> SegmentInfo:
+    """segment.json, checked against its own checksum and (when given) the one its generation recorded."""
     path = folder / SEGMENT_FILE
     try:
-        return SegmentInfo(**json.loads(path.read_text(encoding="utf-8")))
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise IndexFormatError(f"{path}: missing; the index is damaged: run `dramasearch verify`") from None
-    except (ValueError, TypeError) as exc:
-        raise IndexFormatError(f"{path}: damaged ({exc}); run `dramasearch verify`") from None
+        raise IndexDamagedError(f"{path}: segment record is missing") from None
+    if sha256 and sha256_bytes(raw) != sha256:
+        raise IndexDamagedError(f"{path}: segment record differs from the one its generation recorded "
+                                "(swapped, edited or damaged)")
+    try:
+        return SegmentInfo(**parse_record(raw, path, "segment record"))
+    except TypeError as exc:
+        raise IndexDamagedError(f"{path}: segment record has unexpected fields ({exc})") from None
 
 
 class Segment:
@@ -200,8 +207,8 @@ class Segment:
     Holds O(shards) numbers in memory; every row read is a pread through the shared cache.
     """
 
-    def __init__(self, folder: Path, info: SegmentInfo, cache: FileCache):
-        self.folder, self.info, self.cache = folder, info, cache
+    def __init__(self, folder: Path, info: SegmentInfo, cache: FileCache, info_sha256: str = ""):
+        self.folder, self.info, self.cache, self.info_sha256 = folder, info, cache, info_sha256
         self.shards = info.shard_infos()
         self.row_starts = np.cumsum([0] + [s.rows for s in self.shards])
         self.doc_starts = np.cumsum([0] + [s.documents for s in self.shards])
@@ -310,29 +317,43 @@ class Segment:
             lo += 1
         return None
 
-    def verify(self) -> list[str]:
-        """Full checksums of every file the segment holds; returns the damaged files."""
-        damaged = []
+    def problems(self, full: bool, cached: bool = True) -> list[str]:
+        """Everything wrong with the segment's files: sizes and headers always, checksums when `full`."""
+        found = []
         for shard in self.shards:
-            for suffix, info in shard.files.items():
-                path = self._path(shard, suffix)
-                if not path.is_file() or path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
-                    damaged.append(str(path))
+            sizes = [file_problem(self._path(shard, suffix), info, full, cached) for suffix, info in shard.files.items()]
+            found += sizes if any(sizes) else self._shard_shapes(shard)
         for fname, info in self.info.files.items():
-            path = self.folder / fname
-            if not path.is_file() or path.stat().st_size != info["bytes"] or file_sha256(path) != info["sha256"]:
-                damaged.append(str(path))
-        return damaged
+            found.append(file_problem(self.folder / fname, info, full, cached))
+        if not any(found):
+            dims = {LOOKUP: (LOOKUP_DTYPE, (self.info.documents,)), DOCROWS: (np.int64, (self.info.documents + 1,))}
+            found += [npy_header_problem(self.cache, self.folder / f, self.info.files[f]["header"], *dims[f])
+                      for f in dims]
+        return [p for p in found if p]
 
-    def check_sizes(self) -> None:
-        """Cheap open-time check: every file exists with its recorded size."""
+    def _shard_shapes(self, shard: ShardInfo) -> list[str | None]:
+        """Headers agree with the counts, and the id/field offsets end where their data files end."""
+        rows, docs = shard.rows, shard.documents
+        shapes = {"vec.npy": (np.float16, (rows, self.info.dim)), "ids.off.npy": (np.uint64, (docs + 1,)),
+                  "docs.off.npy": (np.uint64, (docs + 1,)), "hash.npy": (np.uint64, (docs,))}
+        if CHUNK_FILE in shard.files:
+            shapes[CHUNK_FILE] = (np.int64, (rows, 4))
+        found = [npy_header_problem(self.cache, self._path(shard, suffix), shard.file(suffix).header, *expected)
+                 for suffix, expected in shapes.items()]
+        if not any(found):
+            for data, offsets in (("ids.bin", "ids.off.npy"), ("docs.bin", "docs.off.npy")):
+                end = int(read_npy_rows(self.cache, self._path(shard, offsets), shard.file(offsets).header, 8,
+                                        np.uint64, (), docs, 1)[0])
+                if end != shard.file(data).bytes:
+                    found.append(f"{self._path(shard, offsets)}: offsets end at {end}, but "
+                                 f"{self._path(shard, data)} holds {shard.file(data).bytes} bytes")
+        return found
+
+    def sidecar_problems(self) -> list[str]:
+        """Shard sidecars (used when a build resumes) must equal the sealed segment's copy."""
+        found = []
         for shard in self.shards:
-            if not shard_is_whole(self.folder, shard):
-                raise IndexFormatError(
-                    f"{self.folder}: shard {shard_stem(shard.number)} has missing or resized files; the index is "
-                    "damaged: run `dramasearch verify` and rerun the command that wrote it"
-                )
-        for fname, info in self.info.files.items():
-            path = self.folder / fname
-            if not path.is_file() or path.stat().st_size != info["bytes"]:
-                raise IndexFormatError(f"{path}: missing or resized; the index is damaged: run `dramasearch verify`")
+            path = self.folder / f"{shard_stem(shard.number)}.json"
+            if read_shard_info(self.folder, shard.number) != shard:
+                found.append(f"{path}: shard sidecar is missing, damaged, or differs from {SEGMENT_FILE}")
+        return found

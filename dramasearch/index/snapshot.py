@@ -14,12 +14,16 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ..errors import IndexFormatError
+from ..errors import IndexDamagedError, IndexFormatError, UsageError
 from ..idhash import id_hash
 from .faiss_index import IndexSpec, load_index, search_params
-from .files import FileCache, file_sha256, load_npy
+from .files import FileCache, file_problem, load_npy
 from .generation import IndexDir, SegmentRef
-from .segment import Segment, read_segment_info
+from .segment import SEGMENT_FILE, Segment, read_segment_info
+
+
+CHECKS = ("full", "cheap")  # full: every file's checksum once per process before the first read; cheap: sizes,
+# headers and counts only (for indexes too big to hash at open; `dramasearch verify` still finds the rest)
 
 
 @dataclass(frozen=True)
@@ -35,21 +39,26 @@ class Snapshot:
     """The segments of one generation, their tombstones and (on demand) their FAISS indexes."""
 
     def __init__(self, root: str | Path, generation: int | None = None, *, cache: FileCache | None = None,
-                 previous: "Snapshot | None" = None, check: bool = True):
+                 previous: "Snapshot | None" = None, checks: str = "full"):
+        if checks not in CHECKS:
+            raise UsageError("checks", f"must be one of {CHECKS}, got {checks!r}")
         self.dir = IndexDir(root)
         self.generation, self._pin = self.dir.pin(generation)
-        self.cache = cache or FileCache()
-        self.refs: list[SegmentRef] = self.generation.refs()
-        reuse = {s.name: s for s in previous.segments} if previous else {}
-        self.segments = [reuse.get(r.name) or Segment(self.dir.segments / r.name,
-                                                      read_segment_info(self.dir.segments / r.name), self.cache)
-                         for r in self.refs]
-        if check:
-            for segment, ref in zip(self.segments, self.refs):
-                if segment.info.rows != ref.rows or segment.info.documents != ref.documents:
-                    raise IndexFormatError(f"{segment.folder}: segment.json does not match generation "
-                                           f"{self.generation.generation}; the index is damaged: run `dramasearch verify`")
-                segment.check_sizes()
+        try:
+            self.cache = cache or FileCache()
+            self.refs: list[SegmentRef] = self.generation.refs()
+            reuse = {(s.name, s.info_sha256): s for s in previous.segments} if previous else {}
+            self.segments = [reuse.get((r.name, r.info_sha256)) or Segment(
+                self.dir.segments / r.name, read_segment_info(self.dir.segments / r.name, r.info_sha256), self.cache,
+                r.info_sha256) for r in self.refs]
+            problems = self.problems(full=checks == "full")
+            if problems:
+                shown = "\n  ".join(problems[:8]) + (f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else "")
+                raise IndexDamagedError(f"{self.dir.root}: generation {self.number} cannot be read:\n  {shown}",
+                                        files=problems)
+        except BaseException:
+            self._pin.release()
+            raise
         self._deleted: dict[int, np.ndarray] = {}
         self._selectors: dict[int, tuple] = {}
         self._faiss: dict[tuple[int, str], faiss.Index] = {}
@@ -76,9 +85,9 @@ class Snapshot:
                 rows = np.empty(0, dtype=np.int64)
             else:
                 path = self.segments[i].folder / ref.deletes["file"]
-                if path.is_file() and path.stat().st_size != ref.deletes["bytes"]:
-                    raise IndexFormatError(f"{path}: size differs from generation {self.number}; "
-                                           "the index is damaged: run `dramasearch verify`")
+                problem = file_problem(path, ref.deletes, full=False)
+                if problem:
+                    raise IndexDamagedError(problem)
                 rows = load_npy(path).astype(np.int64)
             self._deleted[i] = rows
         return self._deleted[i]
@@ -129,13 +138,16 @@ class Snapshot:
             if key not in self._faiss:
                 reused = self._previous_faiss.get((str(path), entry["sha256"]))
                 if reused is None:
-                    if not path.is_file() or path.stat().st_size != entry["bytes"]:
-                        raise IndexFormatError(f"{path}: missing or of another size than generation {self.number} "
-                                               "records; the index is damaged: run `dramasearch verify`")
-                    reused = load_index(path, spec, mmap=mmap)
-                    if reused.ntotal != self.refs[i].rows:
-                        raise IndexFormatError(f"{path}: holds {reused.ntotal} vectors but the segment has "
-                                               f"{self.refs[i].rows} rows; run `dramasearch verify`")
+                    problem = file_problem(path, entry, full=False)
+                    if problem:
+                        raise IndexDamagedError(problem)
+                    try:
+                        reused = load_index(path, spec, mmap=mmap)
+                    except RuntimeError as exc:  # FAISS reports unreadable files as RuntimeError
+                        raise IndexDamagedError(f"{path}: FAISS cannot read it ({str(exc).splitlines()[0]})") from None
+                    if reused.ntotal != self.refs[i].rows or reused.d != spec.dim:
+                        raise IndexDamagedError(f"{path}: holds {reused.ntotal} vectors of dim {reused.d}, but the "
+                                                f"segment has {self.refs[i].rows} rows at dim {spec.dim}")
                 self._faiss[key] = reused
             return self._faiss[key], spec
 
@@ -208,16 +220,41 @@ class Snapshot:
                 continue
             yield doc, start, end
 
-    def verify(self) -> list[str]:
-        """Full checksums of every file the generation uses; returns the damaged ones."""
-        damaged = []
-        for segment, ref in zip(self.segments, self.refs):
-            damaged += segment.verify()
-            files = [ref.deletes] if ref.deletes else []
-            files += list(ref.faiss.values())
-            for entry in files:
-                path = segment.folder / entry["file"]
-                if not path.is_file() or path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
-                    damaged.append(str(path))
-        return damaged
+    def problems(self, full: bool, cached: bool = True) -> list[str]:
+        """Everything wrong with the generation's files (sizes, headers, counts; checksums when `full`)."""
+        return [p for segment, ref in zip(self.segments, self.refs)
+                for p in segment_problems(segment, ref, self.number, full, cached)]
+
+
+def segment_problems(segment: Segment, ref: SegmentRef, number: int, full: bool, cached: bool = True) -> list[str]:
+    if segment.info.rows != ref.rows or segment.info.documents != ref.documents:
+        return [f"{segment.folder / SEGMENT_FILE}: {segment.info.rows} rows, {segment.info.documents} documents; "
+                f"generation {number} records {ref.rows} and {ref.documents}"]
+    found = segment.problems(full, cached)
+    for entry in ([ref.deletes] if ref.deletes else []) + list(ref.faiss.values()):
+        found.append(file_problem(segment.folder / entry["file"], entry, full, cached))
+    return [p for p in found if p]
+
+
+def verify_index(root: str | Path, generation: int | None = None) -> tuple[int, list[str]]:
+    """`dramasearch verify`: (generation, problems), every checksum read afresh from disk, plus the
+    shard sidecars a resumed build would trust. Damage to the marker or generation file raises."""
+    idx = IndexDir(root)
+    gen, pin = idx.pin(generation)
+    cache = FileCache()
+    try:
+        found = []
+        for ref in gen.refs():
+            folder = idx.segments / ref.name
+            try:
+                segment = Segment(folder, read_segment_info(folder, ref.info_sha256), cache, ref.info_sha256)
+            except IndexDamagedError as exc:
+                found.append(str(exc).splitlines()[0])
+                continue
+            found += segment_problems(segment, ref, gen.generation, full=True, cached=False)
+            found += segment.sidecar_problems()
+        return gen.generation, found
+    finally:
+        cache.close()
+        pin.release()
 

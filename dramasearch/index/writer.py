@@ -22,13 +22,14 @@ import numpy as np
 
 from ..corpus import Document
 from ..encoder import Encoder
-from ..errors import IndexFormatError
+from ..errors import IndexDamagedError
 from ..fsutil import atomic_write_bytes
 from ..idhash import id_hash
 from .faiss_index import build_index as build_faiss, save_index, segment_spec
 from .files import FileCache, file_sha256
 from .generation import IndexDir, SegmentRef
-from .segment import Segment, SegmentInfo, ShardData, ShardInfo, read_shard_info, shard_is_whole, write_shard
+from .records import read_record, record_bytes
+from .segment import SEGMENT_FILE, Segment, SegmentInfo, ShardData, ShardInfo, read_shard_info, shard_is_whole, write_shard
 
 DEFAULT_SHARD_SIZE = 10_000
 
@@ -82,15 +83,10 @@ def start_work(idx: IndexDir, operation: str, segment: str, key: dict) -> Path:
     """Record (or resume) the operation writing `segment`; other settings restart the segment."""
     path = idx.work / f"{segment}.json"
     record = {"operation": operation, "segment": segment, "key": key}
-    if path.is_file():
-        try:
-            existing = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            existing = None
-        if existing == record:
-            return idx.segments / segment
+    if read_work(idx, segment) == json.loads(json.dumps(record)):
+        return idx.segments / segment
     shutil.rmtree(idx.segments / segment, ignore_errors=True)  # uncommitted work of other settings
-    atomic_write_bytes(path, json.dumps(record, indent=1).encode())
+    atomic_write_bytes(path, record_bytes(record, indent=1))
     return idx.segments / segment
 
 
@@ -99,13 +95,14 @@ def finish_work(idx: IndexDir, segment: str) -> None:
 
 
 def read_work(idx: IndexDir, segment: str) -> dict | None:
+    """The work record of `segment`; None when absent or damaged (the operation then starts over)."""
     path = idx.work / f"{segment}.json"
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise IndexFormatError(f"{path}: damaged work record ({exc}); delete it to start that operation over")
+        return read_record(path, "work record")
+    except IndexDamagedError:
+        return None
 
 
 def content_sha256(docs: Sequence[Document]) -> str:
@@ -206,4 +203,5 @@ def index_key(spec: dict) -> str:
 def new_ref(folder: Path, info: SegmentInfo, base: int, specs: Sequence[dict], normalize: bool) -> SegmentRef:
     """A sealed segment with a FAISS file per index spec, ready to list in a generation."""
     faiss_files = {index_key(s): build_segment_faiss(folder, info, s["kind"], s["dim"], normalize) for s in specs}
-    return SegmentRef(name=info.name, base=base, rows=info.rows, documents=info.documents, faiss=faiss_files)
+    return SegmentRef(name=info.name, base=base, rows=info.rows, documents=info.documents, faiss=faiss_files,
+                      info_sha256=file_sha256(folder / SEGMENT_FILE))
