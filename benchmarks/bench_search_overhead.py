@@ -41,12 +41,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from dramasearch import validate
 from dramasearch.corpus import Document
 from dramasearch.index.faiss_index import choose_spec
 from dramasearch.index.generation import Generation, IndexDir, _now
 from dramasearch.index.segment import ShardData, seal_segment, write_shard
 from dramasearch.index.snapshot import Snapshot
-from dramasearch.index.writer import (DEFAULT_SHARD_SIZE, check_dims, content_sha256, document_hash, new_ref,
+from dramasearch.index.writer import (DEFAULT_SHARD_SIZE, content_sha256, document_hash, new_ref,
                                       segment_name)
 from dramasearch.matryoshka import prepare, truncate_normalize
 from dramasearch.searcher import Searcher
@@ -90,7 +91,7 @@ def make_index(source_dir: Path, out: Path, rows: int, kind: str, dims: list[int
         source.close()
     encoder, d = source_gen.encoder, base.shape[1]
     dims = dims or [encoder["dim"]]
-    check_dims(dims, d)
+    validate.dims(dims, d)
     size = source_gen.settings.get("build_key", {}).get("shard_size", DEFAULT_SHARD_SIZE)
     rng = np.random.default_rng(seed)
     idx, name = IndexDir(out), segment_name(0)

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -85,9 +87,9 @@ def _windows(
 
 def _check_sizes(chunk_tokens: int, overlap: int) -> None:
     if chunk_tokens < 1:
-        raise ValueError(f"chunk_tokens must be at least 1, got {chunk_tokens}")
+        raise UsageError("chunk_tokens", f"chunk_tokens must be at least 1, got {chunk_tokens}")
     if not 0 <= overlap < chunk_tokens:
-        raise ValueError(
+        raise UsageError("chunk_tokens", 
             f"overlap ({overlap}) must be at least 0 and smaller than chunk_tokens ({chunk_tokens}), "
             "or windows would not advance"
         )

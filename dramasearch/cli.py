@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from dataclasses import asdict
 
 import click
 
-from .errors import DramaSearchError
+from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_SYSTEM, EXIT_USAGE, DramaSearchError
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")  # encoder.DTYPES, named here so --help needs no torch import
 
@@ -31,30 +32,48 @@ def _dtype(name: str):
     return TORCH_DTYPES[name]
 
 
-def _int_list(value: str | None) -> tuple[int, ...]:
-    if not value:
-        return ()
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 256,768, got {value!r}")
+class IntList(click.ParamType):
+    """Comma-separated integers (--dims 256,768); click names the option in its error."""
+
+    name = "ints"
+
+    def convert(self, value, param, ctx) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return tuple(int(v) for v in value.split(","))
+        except ValueError:
+            self.fail(f"expected comma-separated integers like 256,768, got {value!r}", param, ctx)
 
 
-def _shard(value: str | None) -> tuple[int, int] | None:
-    if not value:
-        return None
-    try:
-        index, count = (int(v) for v in value.split("/"))
-    except ValueError:
-        raise click.BadParameter(f"expected I/N like 0/4, got {value!r}")
-    if not 0 <= index < count:
-        raise click.BadParameter(f"need 0 <= I < N, got {value!r}")
-    return index, count
+class ShardSlice(click.ParamType):
+    """I/N: this run encodes shards j with j % N == I."""
+
+    name = "I/N"
+
+    def convert(self, value, param, ctx) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            index, count = (int(v) for v in value.split("/"))
+        except ValueError:
+            self.fail(f"expected I/N like 0/4, got {value!r}", param, ctx)
+        if not 0 <= index < count:
+            self.fail(f"need 0 <= I < N, got {value!r}", param, ctx)
+        return index, count
+
+
+INTS = IntList()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
-    """Encode a corpus with a DRAMA (or sentence-transformers) encoder, index it, search it."""
+@click.option("--debug", is_flag=True, help="Show the traceback of an internal error (exit code 70).")
+def cli(debug: bool) -> None:
+    """Encode a corpus with a DRAMA (or sentence-transformers) encoder, index it, search it.
+
+    Exit codes: 0 ok, 1 failed (e.g. index busy), 2 usage, 3 bad input data or model,
+    4 index missing/other format/damaged, 5 system (permissions, disk), 70 internal bug, 130 interrupted.
+    """
 
 
 @cli.command("build-index")
@@ -62,12 +81,12 @@ def cli() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(), help="Index folder to create or resume.")
 @click.option("--model", default="facebook/drama-base", show_default=True,
               help="Hub id, alias (drama-base, drama-large, drama-1b, minilm) or local folder.")
-@click.option("--dims", default=None, help="Matryoshka dims to index, e.g. 256,768 (default: full dim).")
+@click.option("--dims", type=INTS, default=None, help="Matryoshka dims to index, e.g. 256,768 (default: full dim).")
 @click.option("--index", "index_kind", default="auto", show_default=True,
               type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq", "sq8"]))
 @click.option("--max-length", type=int, default=None, help="Max tokens per document (default: the model's).")
 @click.option("--store-text", is_flag=True, help="Keep titles and texts so hits can show them.")
-@click.option("--shard", default=None, help="Encode only slice I/N of the shards (several machines); "
+@click.option("--shard", type=ShardSlice(), default=None, help="Encode only slice I/N of the shards (several machines); "
               "a run without --shard assembles the index.")
 @click.option("--shard-size", type=int, default=10_000, show_default=True, help="Documents per shard file.")
 @click.option("--batch-tokens", type=int, default=None, help="Token budget per batch (default: 8192 CPU, 65536 GPU).")
@@ -90,8 +109,8 @@ def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_t
     from .index.build import BuildSettings, build_index
 
     settings = BuildSettings(
-        corpus=corpus, output=output, model=model, dims=_int_list(dims), index_kind=index_kind,
-        max_length=max_length, store_text=store_text, shard=_shard(shard), shard_size=shard_size,
+        corpus=corpus, output=output, model=model, dims=dims or (), index_kind=index_kind,
+        max_length=max_length, store_text=store_text, shard=shard, shard_size=shard_size,
         batch_tokens=batch_tokens, devices=tuple(devices.split(",")) if devices else (), dtype=dtype,
         compile=compile_model,
         long_doc=long_doc, chunk_tokens=chunk_tokens, stride=stride, aggregate=aggregate or "maxp",
@@ -102,14 +121,14 @@ def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_t
 
 @cli.command("add-dim")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--dims", required=True, help="Dims to add, e.g. 128,256.")
+@click.option("--dims", type=INTS, required=True, help="Dims to add, e.g. 128,256.")
 @click.option("--index", "index_kind", default="auto", show_default=True,
               type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq", "sq8"]))
 def add_dim_cmd(index_dir, dims, index_kind) -> None:
     """Build FAISS indexes at more Matryoshka dims from the stored vectors (no re-encoding)."""
     from .index.updates import add_dims
 
-    for ix in add_dims(index_dir, _int_list(dims), index_kind):
+    for ix in add_dims(index_dir, dims, index_kind):
         click.echo(f"dim {ix['dim']} {ix['kind']}: {ix['bytes']:,} bytes")
 
 
@@ -127,8 +146,11 @@ def add_dim_cmd(index_dir, dims, index_kind) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per hit.")
 def search(index_dir, query, k, dim, rerank_dim, device, model, generation, dtype, aggregate, as_json) -> None:
     """Top-k documents for QUERY."""
+    from . import validate
     from .searcher import Searcher
 
+    validate.query(query)
+    validate.k(k)
     with Searcher(index_dir, dim=dim, device=device, model=model, dtype=_dtype(dtype), generation=generation) as searcher:
         hits = searcher.search(query, k, rerank_dim=rerank_dim, aggregate=aggregate)
     for hit in hits:
@@ -193,9 +215,11 @@ def delete(index_dir, ids, ids_file) -> None:
     """Delete documents by id (tombstones: gone from searches of the new generation at once)."""
     from .index.updates import delete_documents
 
+    from .corpus import iter_lines
+
     docids = [d for d in (ids or "").split(",") if d]
     if ids_file:
-        docids += [line.rstrip("\r\n") for line in open(ids_file, encoding="utf-8") if line.strip()]
+        docids += [line for _, line in iter_lines(Path(ids_file)) if line.strip()]
     if not docids:
         raise click.UsageError("give the ids to delete with --ids a,b or --ids-file FILE")
     click.echo(delete_documents(index_dir, docids).summary())
@@ -235,7 +259,7 @@ def refresh(index_dir, model, corpus, max_length, batch_tokens, dtype) -> None:
 @click.option("--vector-column", default="vector", show_default=True)
 @click.option("--model", default=None, help="The encoder that made the vectors, for text search.")
 @click.option("--metric", type=click.Choice(["cosine", "dot"]), default="cosine", show_default=True)
-@click.option("--dims", default=None, help="Matryoshka dims to index (default: full dim).")
+@click.option("--dims", type=INTS, default=None, help="Matryoshka dims to index (default: full dim).")
 @click.option("--index", "index_kind", default="auto", show_default=True,
               type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq", "sq8"]))
 def import_vectors_cmd(vectors, output, ids_path, id_column, vector_column, model, metric, dims, index_kind) -> None:
@@ -243,7 +267,7 @@ def import_vectors_cmd(vectors, output, ids_path, id_column, vector_column, mode
     from .index.vectors import import_vectors
 
     report = import_vectors(vectors, output, ids=ids_path, id_column=id_column, vector_column=vector_column,
-                            model=model, metric=metric, dims=_int_list(dims), index_kind=index_kind)
+                            model=model, metric=metric, dims=dims or (), index_kind=index_kind)
     click.echo(f"{output}: {report.documents} vectors in {report.shards_total} shards "
                f"({len(report.shards_encoded)} written, {report.shards_reused} reused); committed generation 1")
 
@@ -320,21 +344,44 @@ def add_plugin_commands(group: click.Group) -> None:
             group.add_command(command)
 
 
-def main() -> None:
-    add_plugin_commands(cli)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars drown the CLI's own output
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: errors become one message and a documented exit code (README "Errors"), never
+    a traceback, unless --debug asks for one."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
+    if debug:
+        args.remove("--debug")
     try:
-        cli(standalone_mode=False)
-    except click.exceptions.Abort:
-        sys.exit(130)
+        add_plugin_commands(cli)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars drown the CLI's own output
+        cli(args, prog_name="dramasearch", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
-    except (DramaSearchError, ValueError, OSError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+    except DramaSearchError as exc:
+        _fail(exc, exc.exit_code, debug)
+    except OSError as exc:  # the system refused: the message names the path (permissions, disk full)
+        _fail(exc, EXIT_SYSTEM, debug)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, reported as one
+        if debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc}\nThis is a bug in dramasearch. Rerun with "
+                   "--debug for the traceback and report it with the command you ran.", err=True)
+        sys.exit(EXIT_BUG)
+
+
+def _fail(exc: Exception, code: int, debug: bool) -> None:
+    if debug:
+        import traceback
+
+        traceback.print_exception(exc)
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

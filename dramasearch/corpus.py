@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from . import validate
 from .errors import InputError
 from .idhash import SeenIds, check_duplicate
 
@@ -155,8 +156,9 @@ def documents_from_records(
     id_fields: tuple[str, ...],
     text_fields: tuple[str, ...],
     title_fields: tuple[str, ...] = (),
+    require_text: bool = False,
 ) -> Iterator[Document]:
-    """Validate records into Documents.
+    """Validate records into Documents (`require_text`: a blank text is an error, as for queries).
 
     The first record decides which id and text fields a file uses; the title is optional, so
     it is looked up in each record. `records()` is called again only to confirm a duplicate.
@@ -179,7 +181,10 @@ def documents_from_records(
                 path, line_no, id_key, f"duplicate id {doc_id!r} (first seen on line {first}); ids must be unique",
             )
         title = _string(path, line_no, record, title_key) if title_key else ""
-        yield Document(doc_id, title, _string(path, line_no, record, text_key))
+        text = _string(path, line_no, record, text_key)
+        if require_text and not text.strip():
+            raise InputError(path, line_no, text_key, "empty text; a query needs words")
+        yield Document(doc_id, title, text)
 
 
 def _pick_field(path: Path, line_no: int, record: dict[str, Any], candidates: tuple[str, ...]) -> str:
@@ -206,6 +211,9 @@ def _string(path: Path, line_no: int, record: dict[str, Any], key: str, allow_in
     if value is None:
         raise InputError(path, line_no, key, "missing or null; every record needs it")
     if isinstance(value, str):
+        problem = validate.unsafe_text(value)
+        if problem:
+            raise InputError(path, line_no, key, f"{problem}; the tokenizer cannot take it")
         return value
     if allow_int and isinstance(value, int) and not isinstance(value, bool):
         return str(value)

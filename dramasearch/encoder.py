@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .batching import token_budget_batches
 from .chunking import Chunk, chunk_documents
+from .errors import UsageError
 from .matryoshka import prepare
 
 POOLINGS = ("mean", "cls", "last")
@@ -160,7 +161,7 @@ class Encoder:
         """Documents as overlapping token windows (chunking.py) that fit max_length once framed."""
         limit = self.room(self.document_prefix_ids)
         if chunk_tokens > limit:
-            raise ValueError(
+            raise UsageError("chunk_tokens", 
                 f"chunk_tokens={chunk_tokens} does not fit {self.spec.name}'s max length {self.spec.max_length} "
                 f"(at most {limit} text tokens besides special tokens and prefix)"
             )

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from . import validate
 from .bidirectional_llama import BidirectionalLlamaModel, llama_config_from_dict
 from .encoder import Encoder, EncoderSpec, default_device, default_dtype
 from .errors import ModelLoadError
@@ -108,6 +109,12 @@ def _read_json(path: Path) -> dict:
         raise ModelLoadError(f"{path}: cannot read model config ({exc})") from exc
 
 
+def _position_limit(config: dict) -> int:
+    """Tokens a BERT-style model can read: RoBERTa-style models spend two positions on padding."""
+    limit = int(config.get("max_position_embeddings") or 512)
+    return limit - 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "mpnet") else limit
+
+
 def _llama_parts(folder: Path, name: str, max_length: int | None):
     raw = _read_json(folder / "config.json")
     if raw.get("model_type") not in LLAMA_MODEL_TYPES:
@@ -117,6 +124,7 @@ def _llama_parts(folder: Path, name: str, max_length: int | None):
         )
     _require_safetensors(folder)
     config = llama_config_from_dict(raw, source=str(folder / "config.json"))
+    validate.max_length(max_length, config.max_position_embeddings, name)
     model = BidirectionalLlamaModel.from_pretrained(folder, config=config, attn_implementation="sdpa",
                                                     use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, config=config)
@@ -153,6 +161,7 @@ def _sentence_transformers_parts(folder: Path, name: str, max_length: int | None
     prompts_path = folder / "config_sentence_transformers.json"
     prompts = _read_json(prompts_path).get("prompts", {}) if prompts_path.is_file() else {}
     _require_safetensors(transformer_dir)
+    validate.max_length(max_length, _position_limit(_read_json(transformer_dir / "config.json")), name)
     model = AutoModel.from_pretrained(transformer_dir, attn_implementation="sdpa", use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(transformer_dir)
     spec = EncoderSpec(

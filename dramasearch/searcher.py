@@ -24,7 +24,8 @@ import torch
 
 from .aggregate import DocScore, aggregate as aggregate_chunks
 from .encoder import Encoder, EncoderSpec
-from .errors import IndexFormatError, ModelLoadError
+from . import validate
+from .errors import IndexFormatError, ModelLoadError, UsageError
 from .index.files import FileCache
 from .index.snapshot import Snapshot, StoredDocument
 from .index.writer import index_key
@@ -76,10 +77,23 @@ class Searcher:
         generation: int | None = None,
         follow: bool = False,
         follow_interval: float = 0.5,
+        checks: str = "full",
     ):
+        """`checks="full"` verifies every file's checksum before the first search (once per process
+        per file); "cheap" checks sizes, headers and counts only, for indexes too big to hash."""
+        if not isinstance(index_dir, (str, Path)):
+            raise UsageError("index_dir", f"expected a path, got {type(index_dir).__name__}")
+        validate.optional_integer("dim", dim)
+        validate.check_device(device)
+        validate.optional_integer("nprobe", nprobe)
+        validate.optional_integer("ef_search", ef_search)
+        validate.optional_integer("generation", generation)
+        if not isinstance(follow_interval, (int, float)) or follow_interval < 0:
+            raise UsageError("follow_interval", f"expected seconds >= 0, got {follow_interval!r}")
         self.root = Path(index_dir)
         self._cache = FileCache()
-        self._snap = Snapshot(self.root, generation, cache=self._cache)
+        self._checks = checks
+        self._snap = Snapshot(self.root, generation, cache=self._cache, checks=checks)
         self._users: dict[int, int] = {}
         self._retired: list[Snapshot] = []
         self._lock = threading.Lock()
@@ -148,7 +162,7 @@ class Searcher:
         latest = self._snap.dir.latest()
         if latest == self._snap.number:
             return False
-        fresh = Snapshot(self.root, cache=self._cache, previous=self._snap)
+        fresh = Snapshot(self.root, cache=self._cache, previous=self._snap, checks=self._checks)
         try:
             spec = encoder_spec(fresh.generation.encoder)
             encoder = self._encoders.get(spec.fingerprint) or self._load_encoder(spec)
@@ -217,7 +231,7 @@ class Searcher:
 
     # --- search --------------------------------------------------------------------------------
     def search(self, query: str, k: int = 10, **kwargs) -> list[Hit]:
-        return self.batch_search([query], k, **kwargs)[0]
+        return self.batch_search([validate.query(query)], k, **kwargs)[0]
 
     def batch_search(
         self,
@@ -235,8 +249,7 @@ class Searcher:
         index, chunks are aggregated per document (`aggregate`: maxp, first or sum; default: the
         build's choice) and each document is returned once, with its best passage.
         """
-        if isinstance(queries, str):
-            raise TypeError("batch_search() takes a list of queries; use search() for one")
+        queries = validate.queries(queries)
         with self._use() as state:
             encoder = state[1]
             if encoder is None:
@@ -262,11 +275,16 @@ class Searcher:
     def _search(self, state, vectors, k, rerank_dim, candidates, aggregate, with_fields) -> list[list[Hit]]:
         snap, _, name, dim = state
         spec = encoder_spec(snap.generation.encoder)
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != spec.dim:
-            raise ValueError(f"query vectors must have shape (n, {spec.dim}), got {vectors.shape}")
+        validate.k(k)
+        validate.optional_integer("rerank_dim", rerank_dim, maximum=spec.dim)
+        validate.optional_integer("candidates", candidates, maximum=validate.MAX_K)
+        validate.aggregate(aggregate)
+        try:
+            vectors = np.asarray(vectors, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise UsageError("vectors", f"expected a float array ({exc})") from None
+        if vectors.ndim != 2 or vectors.shape[1] != spec.dim or not np.isfinite(vectors).all():
+            raise UsageError("vectors", f"expected finite query vectors of shape (n, {spec.dim}), got {vectors.shape}")
         live = max(snap.generation.rows, 1)
         k_rows = min(k, live)  # k beyond the rows that exist costs nothing extra
         depth = k_rows if rerank_dim is None else min(max(candidates or 10 * k, k, 100), live)

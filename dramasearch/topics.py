@@ -31,7 +31,7 @@ def read_queries(path: str | Path) -> list[Query]:
     else:
         raise InputError(path, None, None, "unsupported queries file; use .jsonl, .jsonl.gz, .tsv or a BEIR folder")
     # Queries are validated exactly like documents (types, blank and duplicate ids).
-    return [Query(doc.id, doc.text) for doc in documents_from_records(path, records, **fields)]
+    return [Query(doc.id, doc.text) for doc in documents_from_records(path, records, require_text=True, **fields)]
 
 
 def read_qrels(path: str | Path) -> Qrels:

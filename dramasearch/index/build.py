@@ -10,19 +10,23 @@ The shard files of the build's segment serve three needs:
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..aggregate import AGGREGATIONS
+from .. import validate
 from ..corpus import iter_documents
 from ..encoder import DTYPES, Encoder
-from ..errors import IndexFormatError
+from ..errors import IndexDamagedError, IndexFormatError, UsageError
 from ..models import DEFAULT_MODEL, load_encoder
 from .faiss_index import choose_spec
 from .generation import Generation, IndexDir, _now
+from .files import sha256_bytes
+from .records import record_bytes
 from .segment import read_segment_info, seal_segment
-from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, batched, check_dims, content_sha256, \
+from .snapshot import verify_index
+from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, batched, content_sha256, \
     encode_documents, finish_work, index_key, new_ref, read_work, segment_name, start_work
 
 LONG_DOC_MODES = ("full", "chunk")
@@ -72,13 +76,29 @@ class BuildSettings:
         return self.chunk_tokens or min(DEFAULT_CHUNK_TOKENS, encoder.room(encoder.document_prefix_ids))
 
     def check(self) -> None:
-        """Reject contradictory settings before any model is loaded."""
-        if self.long_doc not in LONG_DOC_MODES:
-            raise ValueError(f"long_doc must be one of {LONG_DOC_MODES}, got {self.long_doc!r}")
-        if self.aggregate not in AGGREGATIONS:
-            raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {self.aggregate!r}")
-        if self.shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        """Reject bad or contradictory settings before any model is loaded (validate.py's rules).
+
+        The dims' upper bound and max_length's position limit need the model; they are checked
+        as soon as it is loaded, before anything is written.
+        """
+        for name in ("corpus", "output", "model"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise UsageError(name, f"expected a non-empty path or name, got {getattr(self, name)!r:.40}")
+        for dim in self.dims:
+            validate.integer("dims", dim)
+        validate.index_kind(self.index_kind)
+        validate.optional_integer("max_length", self.max_length)
+        validate.integer("shard_size", self.shard_size)
+        validate.batch_tokens(self.batch_tokens)
+        validate.devices(self.devices)
+        validate.choice("dtype", self.dtype, tuple(DTYPES))
+        validate.choice("long_doc", self.long_doc, LONG_DOC_MODES)
+        validate.chunk_window(self.chunk_tokens, self.stride)
+        validate.aggregate(self.aggregate, optional=False)
+        if self.shard is not None:
+            index, count = self.shard
+            validate.integer("shard", count)
+            validate.integer("shard", index, minimum=0, maximum=count - 1)
 
 
 @dataclass
@@ -89,6 +109,7 @@ class BuildReport(SegmentReport):
     indexes: list[dict] = field(default_factory=list)
     generation: int | None = None
     complete: bool = False  # False after a `--shard I/N` run: another run assembles the index
+    repaired: bool = False  # a rerun found damaged files and rewrote them (a new generation)
 
     def summary(self) -> str:
         lines = [
@@ -101,7 +122,7 @@ class BuildReport(SegmentReport):
         for ix in self.indexes:
             lines.append(f"  index dim {ix['dim']} {ix['kind']}: {ix['bytes']:,} bytes")
         if self.complete:
-            lines.append(f"  committed generation {self.generation}")
+            lines.append(f"  committed generation {self.generation}" + (" (repaired damaged files)" if self.repaired else ""))
         else:
             lines.append("  shard slice done: run build-index without --shard to assemble the index")
         return "\n".join(lines)
@@ -114,9 +135,11 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
     """Encode what is missing, then FAISS per dim, then commit generation 1 (the only visible step)."""
     settings.check()
     idx = IndexDir(settings.output)
+    if idx.is_index() or (idx.generations.is_dir() and idx.segments.is_dir()):
+        idx.repair_marker()
     if len(settings.devices) > 1:
         if encoder is not None:
-            raise ValueError("several devices need one model load per worker; pass no encoder with devices")
+            raise UsageError("devices", "several devices need one model load per worker; pass no encoder with them")
         idx.create()
         _encode_on_devices(settings)
     encoder = encoder or load_encoder(
@@ -124,18 +147,26 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
         compile=settings.compile,
     )
     dims = settings.dims or (encoder.dim,)
-    check_dims(dims, encoder.dim)
+    validate.dims(dims, encoder.dim)
     idx.create()  # only now: a refused build leaves no folder behind
     key = settings.content_key(encoder)
     report = BuildReport(output=settings.output)
     latest = idx.latest()
-    if latest is not None:
-        return _rebuild_committed(idx, settings, encoder, key, report, latest)
-    _check_work_key(idx, key)
-    folder = start_work(idx, "build", BUILD_SEGMENT, key)
+    committed = _readable_generation(idx, latest)
+    if committed is not None:
+        _check_same_build(idx, settings, committed, key)
+        number, problems = verify_index(idx.root, committed.generation)
+        if not problems:
+            return _unchanged(committed, report)
+        dims = tuple(ix["dim"] for ix in committed.indexes)
+    elif latest is None:
+        _check_work_key(idx, key)
+    repairing = latest is not None
+    folder = start_work(idx, "repair" if repairing else "build", BUILD_SEGMENT, key, keep=repairing)
     infos = encode_documents(folder, _documents(settings), encoder, settings.rows(encoder), settings.shard_size,
                              report, owns=_owner(settings.shard), show_progress=settings.show_progress,
-                             batch_tokens=settings.batch_tokens)
+                             batch_tokens=settings.batch_tokens, key_sha256=sha256_bytes(record_bytes(key)),
+                             verify=repairing)
     if settings.shard is not None:
         return report
     missing = [n for n, info in enumerate(infos) if info is None]
@@ -144,10 +175,14 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
     with idx.writer():
         rows = sum(i.rows for i in infos)
         specs = [{"dim": d, "kind": choose_spec(settings.index_kind, d, rows).kind} for d in dims]
+        if committed is not None:
+            specs = committed.indexes
         info = seal_segment(folder, BUILD_SEGMENT, infos, encoder.dim, settings.long_doc == "chunk")
         ref = new_ref(folder, info, 0, specs, encoder.spec.normalize)
+        number = (latest or 0) + 1
         generation = Generation(
-            generation=1, parent=None, operation="build", created=_now(), encoder=encoder.spec.to_dict(),
+            generation=number, parent=latest, operation="repair" if repairing else "build", created=_now(),
+            encoder=encoder.spec.to_dict(),
             settings=settings.rows(encoder).to_dict() | {"corpus": settings.corpus, "build_key": key},
             indexes=specs, segments=[dataclasses.asdict(ref)], next_key=info.rows, next_segment=1,
         )
@@ -155,7 +190,8 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
         finish_work(idx, BUILD_SEGMENT)
         idx.collect_garbage()
     report.indexes = _index_sizes(specs, ref)
-    report.generation, report.complete = 1, True
+    report.generation, report.complete = number, True
+    report.repaired = repairing
     return report
 
 
@@ -179,30 +215,46 @@ def _check_work_key(idx: IndexDir, key: dict) -> None:
         )
 
 
-def _rebuild_committed(idx: IndexDir, settings: BuildSettings, encoder: Encoder, key: dict, report: BuildReport,
-                       latest: int) -> BuildReport:
-    """A rerun on a committed index: a no-op when nothing changed, else a pointer to the right command."""
-    generation = idx.read(latest)
+def _readable_generation(idx: IndexDir, latest: int | None) -> Generation | None:
+    """The newest generation, or None when there is none or it is damaged (a rerun then repairs it)."""
+    if latest is None:
+        return None
+    try:
+        return idx.read(latest)
+    except IndexDamagedError:
+        return None
+
+
+def _check_same_build(idx: IndexDir, settings: BuildSettings, generation: Generation, key: dict) -> None:
+    """A rerun on a committed index must be the same build of the same corpus."""
     committed = generation.settings.get("build_key")
-    if committed != key:
-        changed = sorted(k for k in key if committed is None or key[k] != committed.get(k))
+    if committed != json.loads(json.dumps(key)):
+        changed = sorted(k for k in key if committed is None or json.loads(json.dumps(key[k])) != committed.get(k))
         raise IndexFormatError(
             f"{idx.root} holds a build made with other settings ({', '.join(changed)} differ); "
             "use a new output folder, or `dramasearch refresh` to re-encode with another model"
         )
-    if generation.generation != 1 or [s["name"] for s in generation.segments] != [BUILD_SEGMENT]:
-        raise IndexFormatError(f"{idx.root} has changed since it was built (generation {generation.generation}); "
-                               "use `dramasearch add` / `delete` to change documents")
-    sealed = read_segment_info(idx.segments / BUILD_SEGMENT).shard_infos()
+    if generation.operation not in ("build", "repair") or [s["name"] for s in generation.segments] != [BUILD_SEGMENT] \
+            or generation.segments[0]["deleted"]:
+        raise IndexFormatError(f"{idx.root} has changed since it was built (generation {generation.generation}, "
+                               f"{generation.operation}); use `dramasearch add` / `delete` to change documents")
+    sealed = generation.segments[0]
     digests = [content_sha256(docs) for docs in batched(_documents(settings), settings.shard_size)]
-    if digests != [s.content_sha256 for s in sealed]:
+    try:
+        shards = read_segment_info(idx.segments / BUILD_SEGMENT, sealed["info_sha256"]).shard_infos()
+    except IndexDamagedError:
+        return  # segment.json itself is damaged: the repair re-seals it from the shards
+    if digests != [s.content_sha256 for s in shards]:
         raise IndexFormatError(f"{idx.root}: the corpus has changed since the index was built; use `dramasearch add "
                                "--upsert` and `dramasearch delete` for the changes, or build into a new folder")
-    report.shards_total = report.shards_reused = len(sealed)
-    report.documents = sum(s.documents for s in sealed)
-    report.rows = sum(s.rows for s in sealed)
-    report.empty = sum(s.empty for s in sealed)
-    report.truncated = sum(s.truncated for s in sealed)
+
+
+def _unchanged(generation: Generation, report: BuildReport) -> BuildReport:
+    """A rerun on an intact, finished index: nothing to do; the report describes what is there."""
+    sealed = generation.segments[0]
+    report.shards_total = report.shards_reused = len(read_segment_info(
+        IndexDir(report.output).segments / BUILD_SEGMENT, sealed["info_sha256"]).shards)
+    report.documents, report.rows = sealed["documents"], sealed["rows"]
     ref = generation.refs()[0]
     report.indexes = _index_sizes(generation.indexes, ref)
     report.generation, report.complete = generation.generation, True
@@ -217,8 +269,6 @@ def _owner(shard: tuple[int, int] | None):
     if shard is None:
         return lambda number: True
     index, count = shard
-    if not (count >= 1 and 0 <= index < count):
-        raise ValueError(f"--shard {index}/{count}: need 0 <= I < N")
     return lambda number: number % count == index
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from ..errors import IndexFormatError
+from ..errors import IndexFormatError, UsageError
 from ..fsutil import atomic_path
 from ..matryoshka import prepare
 
@@ -69,7 +69,7 @@ class IndexSpec:
 
 def _check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise ValueError(f"unknown index kind {kind!r}; choose one of: auto, {', '.join(KINDS)}")
+        raise UsageError("index_kind", f"unknown index kind {kind!r}; choose one of: auto, {', '.join(KINDS)}")
     return kind
 
 
@@ -126,7 +126,7 @@ def choose_spec(kind: str, dim: int, num_vectors: int) -> IndexSpec:
         kind = _auto_kind(dim, num_vectors)
     _check_kind(kind)
     if dim < 1 or num_vectors < (2 if kind == "ivfpq" else 1):
-        raise ValueError(f"{kind} needs dim >= 1 and enough vectors to train; got {dim=}, {num_vectors=}")
+        raise UsageError("index_kind", f"{kind} needs dim >= 1 and enough vectors to train; got {dim=}, {num_vectors=}")
     params: dict[str, int] = {}
     if kind == "hnsw":
         params.update(HNSW_DEFAULTS)
@@ -179,7 +179,7 @@ def _wants_gpu(spec: IndexSpec, use_gpu: bool | None) -> bool:
     """GPU only where it helps and is implemented (GPU IVFPQ needs 8-bit codes)."""
     possible = spec.kind in _GPU_KINDS and spec.params.get("pq_bits", 8) == 8 and _gpu_available()
     if use_gpu and not possible:
-        raise ValueError(f"use_gpu=True but no GPU build is available for {spec.factory!r}")
+        raise UsageError("use_gpu", f"use_gpu=True but no GPU build is available for {spec.factory!r}")
     return possible if use_gpu is None else use_gpu
 
 
@@ -225,12 +225,12 @@ def apply_search_params(
     if spec.kind in ("ivf", "ivfpq"):
         faiss.extract_index_ivf(index).nprobe = spec.params["nprobe"] if nprobe is None else nprobe
     elif nprobe is not None:
-        raise ValueError(f"nprobe applies to ivf kinds, not {spec.kind!r}")
+        raise UsageError("nprobe", f"nprobe applies to ivf kinds, not {spec.kind!r}")
     if spec.kind == "hnsw":
         hnsw = faiss.downcast_index(index).hnsw
         hnsw.efSearch = spec.params["ef_search"] if ef_search is None else ef_search
     elif ef_search is not None:
-        raise ValueError(f"ef_search applies to hnsw, not {spec.kind!r}")
+        raise UsageError("ef_search", f"ef_search applies to hnsw, not {spec.kind!r}")
 
 
 def search_params(spec: IndexSpec, selector, k: int, *, ef_search: int | None = None, nprobe: int | None = None):

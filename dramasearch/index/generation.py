@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -103,6 +104,13 @@ def read_generation(path: Path) -> Generation:
         raise IndexDamagedError(f"{path}: generation file has unexpected fields ({exc})") from None
 
 
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
 def work_segment(path: Path) -> str:
     """The segment a work record protects; the work file's own name says it when the record is damaged."""
     return path.stem
@@ -177,6 +185,32 @@ class IndexDir:
         self.root.mkdir(parents=True, exist_ok=True)
         self.write_marker(uuid.uuid4().hex)
 
+    def repair_marker(self) -> None:
+        """build-index on its own damaged index: rewrite a damaged or swapped marker.
+
+        The newest generation file that checks out is believed when the segment records it
+        names are the ones on disk (a generation copied from another index fails that test);
+        otherwise the marker, if readable, wins, and a fresh id is the last resort.
+        """
+        if not (self.generations.is_dir() or self.segments.is_dir()):
+            return  # not an index of ours: create() refuses it
+        try:
+            marker_id = self._marker_id()
+        except IndexDamagedError:
+            marker_id = None
+        for path in sorted(self.generations.glob("[0-9]*.json"), reverse=True) if self.generations.is_dir() else []:
+            try:
+                gen = read_generation(path)
+            except IndexDamagedError:
+                continue
+            if gen.index_id != marker_id and all(
+                    _sha256_or_none(self.segments / ref.name / "segment.json") == ref.info_sha256 for ref in gen.refs()):
+                self.write_marker(gen.index_id)
+                return
+            break
+        if marker_id is None:
+            self.write_marker(uuid.uuid4().hex)
+
     def write_marker(self, index_id: str) -> None:
         atomic_write_bytes(self.root / MARKER, record_bytes({"format": "dramasearch-index",
                                                              "format_version": FORMAT_VERSION, "index_id": index_id}))
@@ -200,9 +234,9 @@ class IndexDir:
             raise IndexFormatError(f"{path}: generation {number} does not exist (removed or never committed)")
         generation = read_generation(path)
         if generation.index_id != index_id or generation.generation != number:
-            raise IndexDamagedError(f"{path}: generation file belongs to another index or generation "
-                                    f"(id {generation.index_id}, number {generation.generation}; this folder "
-                                    f"is {index_id}, number {number})")
+            raise IndexDamagedError(f"{path}: generation file and the index marker {self.root / MARKER} disagree: "
+                                    f"the generation is number {generation.generation} of index {generation.index_id}, "
+                                    f"the marker names index {index_id} (one of them was copied from another index)")
         return generation
 
     def commit(self, generation: Generation) -> None:

@@ -12,13 +12,14 @@ import dataclasses
 from pathlib import Path
 from typing import Iterator
 
+from .. import validate
 from ..corpus import Document, iter_documents
 from ..encoder import DTYPES, Encoder
-from ..errors import IndexFormatError, InputError
+from ..errors import IndexFormatError, InputError, UsageError
 from ..models import load_encoder
 from .snapshot import Snapshot
 from .updates import UpdateReport, commit_segment, find_documents, writing
-from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, batched, check_dims, document_hash, \
+from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, batched, document_hash, \
     encode_documents, segment_name, start_work
 
 
@@ -27,8 +28,10 @@ def refresh(index_dir: str | Path, model: str | None = None, *, encoder: Encoder
             shard_size: int = DEFAULT_SHARD_SIZE, batch_tokens: int | None = None, show_progress: bool = True,
             id_field: str | None = None, title_field: str | None = None, text_field: str | None = None) -> UpdateReport:
     """Commit a generation whose rows are the live documents encoded by `model` (or `encoder`)."""
+    validate.integer("shard_size", shard_size)
+    validate.batch_tokens(batch_tokens)
     if encoder is None and model is None:
-        raise ValueError("refresh needs the new model (--model)")
+        raise UsageError("model", "refresh needs the new model (--model)")
     report = UpdateReport("refresh", str(index_dir))
     with writing(index_dir) as (idx, snap):
         gen = snap.generation
@@ -36,10 +39,10 @@ def refresh(index_dir: str | Path, model: str | None = None, *, encoder: Encoder
             raise IndexFormatError(f"{idx.root} does not store document text (built without --store-text): "
                                    "pass the corpus with --corpus PATH")
         encoder = encoder or load_encoder(model, dtype=DTYPES[dtype], max_length=max_length)
-        check_dims(gen.dims, encoder.dim)
+        validate.dims(gen.dims, encoder.dim)
         old = RowSettings.from_dict(gen.settings)
         if old.long_doc == "chunk" and old.chunk_tokens > encoder.room(encoder.document_prefix_ids):
-            raise ValueError(f"chunk_tokens={old.chunk_tokens} of this index does not fit {encoder.spec.name}'s "
+            raise UsageError("model", f"chunk_tokens={old.chunk_tokens} of this index does not fit {encoder.spec.name}'s "
                              f"max length {encoder.spec.max_length}")
         rows = dataclasses.replace(old, dtype=str(encoder.dtype).removeprefix("torch."))
         name = segment_name(gen.next_segment)

@@ -61,6 +61,7 @@ class ShardInfo:
     documents: int
     content_sha256: str  # the corpus slice it was made from ("" for imported vectors)
     files: dict[str, dict]  # file suffix -> FileInfo fields
+    key_sha256: str = ""  # the settings it was encoded with (build-index): a rerun with others never reuses it
     empty: int = 0
     truncated: int = 0
     tokens: int = 0
@@ -80,7 +81,8 @@ class ShardData:
     chunk_rows: np.ndarray | None = None  # chunk mode: int64 [rows, 4]
 
 
-def write_shard(folder: Path, number: int, data: ShardData, content_sha256: str, **stats: int) -> ShardInfo:
+def write_shard(folder: Path, number: int, data: ShardData, content_sha256: str, key_sha256: str = "",
+                **stats: int) -> ShardInfo:
     """Write a shard's files atomically, then its sidecar: the shard exists once the sidecar does."""
     id_bytes = [d.encode("utf-8", "surrogatepass") for d in data.ids]
     doc_bytes = [msgpack.packb(list(f)) for f in data.fields]
@@ -100,7 +102,7 @@ def write_shard(folder: Path, number: int, data: ShardData, content_sha256: str,
         header = npy_header_size(payload) if suffix.endswith(".npy") else 0
         files[suffix] = dataclasses.asdict(FileInfo(len(payload), sha256_bytes(payload), header))
     info = ShardInfo(number=number, rows=len(data.vectors), documents=len(data.ids),
-                     content_sha256=content_sha256, files=files, **stats)
+                     content_sha256=content_sha256, files=files, key_sha256=key_sha256, **stats)
     atomic_write_bytes(folder / f"{shard_stem(number)}.json", record_bytes(dataclasses.asdict(info)))
     return info
 
@@ -122,13 +124,11 @@ def read_shard_info(folder: Path, number: int) -> ShardInfo | None:
         return None
 
 
-def shard_is_whole(folder: Path, info: ShardInfo) -> bool:
-    """Cheap check used on resume: every file is there with the size its sidecar recorded."""
-    for suffix in info.files:
-        path = folder / f"{shard_stem(info.number)}.{suffix}"
-        if not path.is_file() or path.stat().st_size != info.file(suffix).bytes:
-            return False
-    return True
+def shard_is_whole(folder: Path, info: ShardInfo, full: bool = False) -> bool:
+    """Resume's check: every file has the size its sidecar recorded (and, when `full`, its checksum:
+    a repairing rerun re-encodes exactly the damaged shards)."""
+    return not any(file_problem(folder / f"{shard_stem(info.number)}.{suffix}", fields, full, cached=False)
+                   for suffix, fields in info.files.items())
 
 
 @dataclass(frozen=True)

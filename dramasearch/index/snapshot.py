@@ -116,15 +116,15 @@ class Snapshot:
         indexes = [ix for ix in self.generation.indexes if kind is None or ix["kind"] == kind]
         if not indexes:
             built = [f"{ix['dim']}/{ix['kind']}" for ix in self.generation.indexes]
-            raise IndexFormatError(f"{self.dir.root}: generation {self.number} has no {kind or 'FAISS'} index "
-                                   f"(built: {built}); add one with `dramasearch add-dim`")
+            raise UsageError("kind", f"{self.dir.root}: generation {self.number} has no {kind or 'FAISS'} index "
+                                     f"(built: {built}); add one with `dramasearch add-dim`")
         if dim is None:
             return max(indexes, key=lambda ix: ix["dim"])
         for entry in indexes:
             if entry["dim"] == dim:
                 return entry
-        raise IndexFormatError(f"{self.dir.root}: no index at dim {dim}; built dims: {self.generation.dims} "
-                               "(add one with `dramasearch add-dim`)")
+        raise UsageError("dim", f"{self.dir.root} has no index at dim {dim}; built dims: {self.generation.dims} "
+                                "(add one with `dramasearch add-dim`)")
 
     def faiss_index(self, i: int, name: str, mmap: bool = False) -> tuple[faiss.Index, IndexSpec]:
         with self._lock:
@@ -230,15 +230,15 @@ def segment_problems(segment: Segment, ref: SegmentRef, number: int, full: bool,
     if segment.info.rows != ref.rows or segment.info.documents != ref.documents:
         return [f"{segment.folder / SEGMENT_FILE}: {segment.info.rows} rows, {segment.info.documents} documents; "
                 f"generation {number} records {ref.rows} and {ref.documents}"]
-    found = segment.problems(full, cached)
+    found = segment.problems(full, cached) + (segment.sidecar_problems() if full else [])
     for entry in ([ref.deletes] if ref.deletes else []) + list(ref.faiss.values()):
         found.append(file_problem(segment.folder / entry["file"], entry, full, cached))
     return [p for p in found if p]
 
 
 def verify_index(root: str | Path, generation: int | None = None) -> tuple[int, list[str]]:
-    """`dramasearch verify`: (generation, problems), every checksum read afresh from disk, plus the
-    shard sidecars a resumed build would trust. Damage to the marker or generation file raises."""
+    """`dramasearch verify`: (generation, problems), every checksum read afresh from disk.
+    Damage to the marker or the generation file raises (nothing else can be checked without them)."""
     idx = IndexDir(root)
     gen, pin = idx.pin(generation)
     cache = FileCache()
@@ -252,7 +252,6 @@ def verify_index(root: str | Path, generation: int | None = None) -> tuple[int, 
                 found.append(str(exc).splitlines()[0])
                 continue
             found += segment_problems(segment, ref, gen.generation, full=True, cached=False)
-            found += segment.sidecar_problems()
         return gen.generation, found
     finally:
         cache.close()

@@ -15,9 +15,10 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .. import validate
 from ..corpus import iter_documents
 from ..encoder import DTYPES, Encoder
-from ..errors import IndexFormatError, InputError
+from ..errors import IndexFormatError, InputError, UsageError
 from ..fsutil import atomic_write_bytes
 from ..idhash import id_hashes
 from ..models import load_encoder
@@ -26,7 +27,7 @@ from .files import file_sha256, npy_bytes
 from .generation import Generation, IndexDir, gen_name
 from .segment import SegmentInfo, ShardData, read_shard_info, seal_segment, shard_is_whole, write_shard
 from .snapshot import Snapshot
-from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, build_segment_faiss, check_dims, \
+from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, build_segment_faiss, \
     encode_documents, finish_work, index_key, new_ref, segment_name, start_work
 
 
@@ -145,6 +146,7 @@ def add_documents(index_dir: str | Path, corpus: str | Path, *, upsert: bool = F
                   text_field: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE, dtype: str = "auto",
                   show_progress: bool = True) -> UpdateReport:
     """Append a corpus as a new segment; an id already live is an error, or replaced with `upsert`."""
+    validate.integer("shard_size", shard_size)
     docs = lambda: iter_documents(corpus, id_field=id_field, title_field=title_field, text_field=text_field)
     report = UpdateReport("add", str(index_dir))
     with writing(index_dir) as (idx, snap):
@@ -185,6 +187,8 @@ def _existing_ids(snap: Snapshot, documents) -> dict[str, tuple[int, int]]:
 
 def delete_documents(index_dir: str | Path, docids: Sequence[str]) -> UpdateReport:
     """Tombstone documents by id; they disappear from searches of the new generation at once."""
+    if isinstance(docids, str) or not all(isinstance(d, str) and d for d in docids):
+        raise UsageError("docids", "expected a list of non-empty id strings")
     report = UpdateReport("delete", str(index_dir))
     unique = list(dict.fromkeys(docids))
     with writing(index_dir) as (idx, snap):
@@ -203,6 +207,7 @@ def compact(index_dir: str | Path, shard_size: int = DEFAULT_SHARD_SIZE) -> Upda
     Output shard j is source shard j with its deleted rows left out, so a rerun after a crash
     keeps the shards already written. Stable keys are assigned anew (Lucene renumbers on merge).
     """
+    validate.integer("shard_size", shard_size)
     report = UpdateReport("compact", str(index_dir))
     with writing(index_dir) as (idx, snap):
         gen = snap.generation
@@ -255,9 +260,10 @@ def _live_shard(snap: Snapshot, i: int, s: int) -> ShardData:
 
 def add_dims(index_dir: str | Path, dims: Sequence[int], kind: str = "auto") -> list[dict]:
     """FAISS indexes at more dims from the stored full-dim vectors (no re-encoding), one commit."""
+    validate.index_kind(kind)
     with writing(index_dir) as (idx, snap):
         gen = snap.generation
-        check_dims(dims, gen.encoder["dim"])
+        validate.dims(dims, gen.encoder["dim"])
         rows = sum(r.rows for r in snap.refs)
         new_specs = [{"dim": d, "kind": choose_spec(kind, d, rows).kind} for d in dims]
         new_specs = [s for s in new_specs if s not in gen.indexes]

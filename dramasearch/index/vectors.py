@@ -13,13 +13,15 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import InputError
+from .. import validate
+from ..corpus import iter_lines
+from ..errors import InputError, UsageError
 from ..idhash import SeenIds, check_duplicate
 from ..models import load_encoder
 from .faiss_index import choose_spec
 from .generation import Generation, IndexDir, _now
 from .segment import ShardData, read_shard_ids, read_shard_info, seal_segment, shard_is_whole, write_shard
-from .writer import RowSettings, SegmentReport, check_dims, finish_work, new_ref, segment_name, start_work
+from .writer import RowSettings, SegmentReport, finish_work, new_ref, segment_name, start_work
 
 FP16_MAX = 65504.0
 IMPORT_SHARD_ROWS = 100_000
@@ -33,12 +35,12 @@ def import_vectors(vectors: str | Path, output: str | Path, *, ids: str | Path |
                    shard_size: int = IMPORT_SHARD_ROWS) -> SegmentReport:
     """Write vectors (and their ids) as generation 1 of a new index."""
     if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        raise UsageError("metric", f"metric must be one of {METRICS}, got {metric!r}")
     path = Path(vectors)
     blocks, dim = _reader(path, ids, id_column, vector_column)
     encoder_record = _encoder_record(model, dim, metric)
     dims = dims or (dim,)
-    check_dims(dims, dim)
+    validate.dims(dims, dim)
     idx = IndexDir(output)
     idx.create()
     report = SegmentReport()
@@ -106,7 +108,8 @@ def _reader(path: Path, ids_path, id_column: str, vector_column: str):
                 stop = min(start + READ_ROWS, len(array))
                 block_ids = next(names) if names else [str(i) for i in range(start, stop)]
                 if len(block_ids) != stop - start:
-                    raise InputError(ids_path, None, None, f"has fewer ids than the {len(array)} vectors")
+                    more = "more" if len(block_ids) > stop - start else "fewer"
+                    raise InputError(ids_path, None, None, f"has {more} ids than the {len(array)} vectors")
                 yield block_ids, np.asarray(array[start:stop], dtype=np.float32)
             if names is not None and next(names, None):
                 raise InputError(ids_path, None, None, f"has more ids than the {len(array)} vectors")
@@ -142,18 +145,19 @@ def _reader(path: Path, ids_path, id_column: str, vector_column: str):
 
 def _id_lines(path: Path, count: int) -> Iterator[list[str]]:
     """Ids one per line, in blocks of READ_ROWS (one extra read reports surplus ids)."""
-    with open(path, encoding="utf-8") as f:
-        block: list[str] = []
-        for line_no, line in enumerate(f, 1):
-            docid = line.rstrip("\r\n")
-            if not docid.strip():
-                raise InputError(path, line_no, "id", "empty id")
-            block.append(docid)
-            if len(block) == READ_ROWS:
-                yield block
-                block = []
-        if block:
+    block: list[str] = []
+    for line_no, docid in iter_lines(path):
+        if not docid.strip():
+            raise InputError(path, line_no, "id", "empty id")
+        problem = validate.unsafe_text(docid)
+        if problem:
+            raise InputError(path, line_no, "id", problem)
+        block.append(docid)
+        if len(block) == READ_ROWS:
             yield block
+            block = []
+    if block:
+        yield block
 
 
 def _rebatch(blocks: Iterator[tuple[list[str], np.ndarray]], size: int) -> Iterator[tuple[list[str], np.ndarray]]:

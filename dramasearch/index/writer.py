@@ -68,24 +68,22 @@ class SegmentReport:
     encode_seconds: float = 0.0
 
 
-def check_dims(dims: Sequence[int], full: int) -> None:
-    """Fail before any encoding, not after it."""
-    for dim in dims:
-        if not 0 < dim <= full:
-            raise ValueError(f"dim {dim} is outside 1..{full} (the encoder's full dimension)")
-
-
 def segment_name(number: int) -> str:
     return f"seg-{number:06d}"
 
 
-def start_work(idx: IndexDir, operation: str, segment: str, key: dict) -> Path:
-    """Record (or resume) the operation writing `segment`; other settings restart the segment."""
+def start_work(idx: IndexDir, operation: str, segment: str, key: dict, keep: bool = False) -> Path:
+    """Record (or resume) the operation writing `segment`; other settings restart the segment.
+
+    `keep`: a repair rewrites a committed segment in place, so its files stay (each shard is
+    checked against its sidecar and settings before it is reused).
+    """
     path = idx.work / f"{segment}.json"
     record = {"operation": operation, "segment": segment, "key": key}
     if read_work(idx, segment) == json.loads(json.dumps(record)):
         return idx.segments / segment
-    shutil.rmtree(idx.segments / segment, ignore_errors=True)  # uncommitted work of other settings
+    if not keep:
+        shutil.rmtree(idx.segments / segment, ignore_errors=True)  # uncommitted work of other settings
     atomic_write_bytes(path, record_bytes(record, indent=1))
     return idx.segments / segment
 
@@ -128,20 +126,25 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
 def encode_documents(
     folder: Path, documents: Iterable[Document], encoder: Encoder, rows: RowSettings, shard_size: int,
     report: SegmentReport, owns: Callable[[int], bool] = lambda n: True, show_progress: bool = True,
-    batch_tokens: int | None = None,
+    batch_tokens: int | None = None, key_sha256: str = "", verify: bool = False,
 ) -> list[ShardInfo | None]:
-    """Walk the documents shard by shard; encode the owned shards that are missing or stale."""
+    """Walk the documents shard by shard; encode the owned shards that are missing or stale.
+
+    `key_sha256` names the settings (a shard made with others is redone); `verify` checksums each
+    finished shard before reusing it (a repairing rerun), where a plain resume checks sizes only.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     infos: list[ShardInfo | None] = []
     for number, docs in enumerate(batched(documents, shard_size)):
         digest = content_sha256(docs)
         info = read_shard_info(folder, number)
-        if info is not None and info.content_sha256 == digest and shard_is_whole(folder, info):
+        if (info is not None and info.content_sha256 == digest and info.key_sha256 == key_sha256
+                and shard_is_whole(folder, info, full=verify)):
             report.shards_reused += 1
         elif owns(number):
             started = time.perf_counter()
             data, stats = _encode(encoder, rows, docs, show_progress, batch_tokens)
-            info = write_shard(folder, number, data, digest, **stats)
+            info = write_shard(folder, number, data, digest, key_sha256, **stats)
             report.encode_seconds += time.perf_counter() - started
             report.shards_encoded.append(number)
         else:
