@@ -18,7 +18,7 @@ from typing import Sequence
 from .. import validate
 from ..corpus import iter_documents
 from ..encoder import DTYPES, Encoder
-from ..errors import IndexDamagedError, IndexFormatError, UsageError
+from ..errors import IndexDamagedError, IndexFormatError, InputError, UsageError
 from ..models import DEFAULT_MODEL, load_encoder
 from .faiss_index import choose_spec
 from .generation import Generation, IndexDir, _now
@@ -169,6 +169,8 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
                              verify=repairing)
     if settings.shard is not None:
         return report
+    if not infos:
+        raise InputError(settings.corpus, None, None, "holds no documents; an index needs at least one")
     missing = [n for n, info in enumerate(infos) if info is None]
     if missing:
         raise IndexFormatError(f"{idx.root}: shards {missing[:10]} are not encoded yet; finish every --shard I/N run first")
