@@ -204,3 +204,18 @@ def test_bad_input_fails_cleanly(case: Case, index: Path, tmp_path: Path, capsys
     for path, data in before.items():
         assert path.read_bytes() == data, f"{path} was changed"
     assert {p: p.read_bytes() for p in index.rglob("*") if p.is_file() and p.suffix != ".lock"} == index_before
+
+
+def test_an_internal_bug_is_reported_as_one(index: Path, capsys, monkeypatch):
+    """Exit 70 and a request to report it; the traceback only with --debug."""
+    import dramasearch.index.snapshot as snapshot
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(snapshot.Snapshot, "document", broken)
+    assert run(["get", str(index), "bread-01"]) == 70
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: simulated bug" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(RuntimeError, match="simulated bug"):
+        main(["--debug", "get", str(index), "bread-01"])
