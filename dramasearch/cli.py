@@ -20,6 +20,11 @@ MODEL_OVERRIDE = click.option(
     "--model", default=None,
     help="Load the index's encoder from here (e.g. after moving the index); its fingerprint must match.",
 )
+CHECKS_OPTION = click.option(
+    "--checks", type=click.Choice(["full", "cheap"]), default="full", show_default=True,
+    help="full: verify every index file's checksum before searching; cheap: sizes, headers and counts only "
+         "(for indexes too big to hash on every start; `dramasearch verify` still checks everything).",
+)
 AGGREGATE_OPTION = click.option(
     "--aggregate", type=click.Choice(["maxp", "first", "sum"]), default=None,
     help="Chunk-mode indexes: document score from its chunks (default: maxp, or the build's choice).",
@@ -144,14 +149,16 @@ def add_dim_cmd(index_dir, dims, index_kind) -> None:
 @DTYPE_OPTION
 @AGGREGATE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per hit.")
-def search(index_dir, query, k, dim, rerank_dim, device, model, generation, dtype, aggregate, as_json) -> None:
+@CHECKS_OPTION
+def search(index_dir, query, k, dim, rerank_dim, device, model, generation, dtype, aggregate, as_json, checks) -> None:
     """Top-k documents for QUERY."""
     from . import validate
     from .searcher import Searcher
 
     validate.query(query)
     validate.k(k)
-    with Searcher(index_dir, dim=dim, device=device, model=model, dtype=_dtype(dtype), generation=generation) as searcher:
+    with Searcher(index_dir, dim=dim, device=device, model=model, dtype=_dtype(dtype), generation=generation,
+                  checks=checks) as searcher:
         hits = searcher.search(query, k, rerank_dim=rerank_dim, aggregate=aggregate)
     for hit in hits:
         if as_json:
@@ -317,14 +324,15 @@ def verify(index_dir) -> None:
 @MODEL_OVERRIDE
 @DTYPE_OPTION
 @AGGREGATE_OPTION
-def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, model, dtype, aggregate) -> None:
+@CHECKS_OPTION
+def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, model, dtype, aggregate, checks) -> None:
     """nDCG@10, Recall@100 and MRR@10 of an index on queries + qrels (trec_eval semantics)."""
     from .evaluate import evaluate_run, format_metrics, retrieve, write_trec_run
     from .searcher import Searcher
     from .topics import read_qrels, read_queries
 
     judged = read_qrels(qrels or queries)
-    with Searcher(index_dir, dim=dim, device=device, model=model, dtype=_dtype(dtype)) as searcher:
+    with Searcher(index_dir, dim=dim, device=device, model=model, dtype=_dtype(dtype), checks=checks) as searcher:
         run = retrieve(searcher, read_queries(queries), k, rerank_dim=rerank_dim, aggregate=aggregate)
     if run_path:
         write_trec_run(run_path, run)

@@ -60,7 +60,10 @@ def dims(values: Any, full: int, name: str = "dims") -> tuple[int, ...]:
     """Matryoshka dims: each within 1..full (the encoder's dimension), no repeats."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise UsageError(name, f"expected a list of integers, got {type(values).__name__}")
-    out = tuple(integer(name, v, maximum=full) for v in values)
+    out = tuple(integer(name, v) for v in values)
+    for dim in out:
+        if dim > full:
+            raise UsageError(name, f"dim {dim} is outside 1..{full}, the encoder's full dimension")
     if len(set(out)) != len(out):
         raise UsageError(name, f"repeats a dim: {list(out)}")
     return out
@@ -90,14 +93,12 @@ def batch_tokens(value: Any) -> int | None:
 
 
 def devices(values: Any) -> tuple[str, ...]:
-    """Torch device names that exist on this machine."""
+    """Torch device names that exist on this machine (one worker each; cpu,cpu runs two CPU workers)."""
     if isinstance(values, str):
         values = (values,)
     out = tuple(values or ())
     for device in out:
-        check_device(device)
-    if len(set(out)) != len(out):
-        raise UsageError("devices", f"repeats a device: {list(out)}")
+        check_device(device, "devices")
     return out
 
 

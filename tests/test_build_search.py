@@ -475,7 +475,7 @@ def test_rerun_with_other_settings_is_refused_and_same_settings_reuse_everything
 
 def test_dims_beyond_the_model_fail_before_any_encoding(minilm, corpus, tmp_path):
     settings = BuildSettings(corpus=str(corpus), output=str(tmp_path / "ix"), model="minilm", dims=(256, 999))
-    with pytest.raises(ValueError, match="dim 999 is outside 1..384"):
+    with pytest.raises(ValueError, match="dims: dim 999 is outside 1..384"):
         build_index(settings, encoder=minilm)
     assert not (tmp_path / "ix").exists()
 

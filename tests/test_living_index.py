@@ -223,7 +223,7 @@ def test_refresh_re_encodes_live_documents_and_old_readers_keep_working(minilm, 
     llama = load_encoder(str(tiny_llama_dir), device="cpu", dtype=torch.float32)
     root = tmp_path / "index"
     _build(_write(tmp_path / "base.jsonl", docs), root, minilm, dims=(64, 384))
-    with pytest.raises(ValueError, match=r"dim 384 is outside 1\.\.64"):
+    with pytest.raises(ValueError, match=r"dims: dim 384 is outside 1\.\.64"):
         refresh(root, encoder=llama, show_progress=False)  # every old dim must fit the new encoder
     assert IndexDir(root).latest() == 1
     add_dims_root = tmp_path / "small"

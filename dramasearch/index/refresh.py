@@ -33,7 +33,7 @@ def refresh(index_dir: str | Path, model: str | None = None, *, encoder: Encoder
     if encoder is None and model is None:
         raise UsageError("model", "refresh needs the new model (--model)")
     report = UpdateReport("refresh", str(index_dir))
-    with writing(index_dir) as (idx, snap):
+    with writing(index_dir, "full") as (idx, snap):
         gen = snap.generation
         if not gen.settings.get("store_text") and corpus is None:
             raise IndexFormatError(f"{idx.root} does not store document text (built without --store-text): "

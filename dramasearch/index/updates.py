@@ -59,12 +59,17 @@ class UpdateReport:
 
 
 @contextlib.contextmanager
-def writing(index_dir: str | Path) -> Iterator[tuple[IndexDir, Snapshot]]:
-    """The writer lock and a snapshot of the newest generation; cleanup after a successful commit."""
+def writing(index_dir: str | Path, checks: str) -> Iterator[tuple[IndexDir, Snapshot]]:
+    """The writer lock and a snapshot of the newest generation; cleanup after a successful commit.
+
+    `checks`: "full" for operations that copy old rows into new files (compact, refresh,
+    add-dim), so damage is never sealed under fresh checksums; "cheap" for add and delete,
+    which only look ids up, so they stay fast on a big index.
+    """
     idx = IndexDir(index_dir)
     idx.check_format()
     with idx.writer():
-        snap = Snapshot(idx.root)
+        snap = Snapshot(idx.root, checks=checks)
         try:
             yield idx, snap
         finally:
@@ -149,7 +154,7 @@ def add_documents(index_dir: str | Path, corpus: str | Path, *, upsert: bool = F
     validate.integer("shard_size", shard_size)
     docs = lambda: iter_documents(corpus, id_field=id_field, title_field=title_field, text_field=text_field)
     report = UpdateReport("add", str(index_dir))
-    with writing(index_dir) as (idx, snap):
+    with writing(index_dir, "cheap") as (idx, snap):
         gen = snap.generation
         existing = _existing_ids(snap, docs())
         if existing and not upsert:
@@ -191,7 +196,7 @@ def delete_documents(index_dir: str | Path, docids: Sequence[str]) -> UpdateRepo
         raise UsageError("docids", "expected a list of non-empty id strings")
     report = UpdateReport("delete", str(index_dir))
     unique = list(dict.fromkeys(docids))
-    with writing(index_dir) as (idx, snap):
+    with writing(index_dir, "cheap") as (idx, snap):
         gen = snap.generation
         found = find_documents(snap, unique)
         report.not_found = [d for d in unique if d not in found]
@@ -209,7 +214,7 @@ def compact(index_dir: str | Path, shard_size: int = DEFAULT_SHARD_SIZE) -> Upda
     """
     validate.integer("shard_size", shard_size)
     report = UpdateReport("compact", str(index_dir))
-    with writing(index_dir) as (idx, snap):
+    with writing(index_dir, "full") as (idx, snap):
         gen = snap.generation
         name = segment_name(gen.next_segment)
         folder = start_work(idx, "compact", name, {"operation": "compact", "parent": gen.generation})
@@ -261,7 +266,7 @@ def _live_shard(snap: Snapshot, i: int, s: int) -> ShardData:
 def add_dims(index_dir: str | Path, dims: Sequence[int], kind: str = "auto") -> list[dict]:
     """FAISS indexes at more dims from the stored full-dim vectors (no re-encoding), one commit."""
     validate.index_kind(kind)
-    with writing(index_dir) as (idx, snap):
+    with writing(index_dir, "full") as (idx, snap):
         gen = snap.generation
         validate.dims(dims, gen.encoder["dim"])
         rows = sum(r.rows for r in snap.refs)
