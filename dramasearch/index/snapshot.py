@@ -14,11 +14,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ..errors import IndexFormatError
+from ..errors import IndexDamagedError, IndexFormatError
 from ..idhash import id_hash
 from .faiss_index import IndexSpec, load_index, search_params
 from .files import FileCache, file_sha256, load_npy
 from .generation import IndexDir, SegmentRef
+from .ondisk import entry_files
 from .segment import Segment, read_segment_info
 
 
@@ -129,9 +130,11 @@ class Snapshot:
             if key not in self._faiss:
                 reused = self._previous_faiss.get((str(path), entry["sha256"]))
                 if reused is None:
-                    if not path.is_file() or path.stat().st_size != entry["bytes"]:
-                        raise IndexFormatError(f"{path}: missing or of another size than generation {self.number} "
-                                               "records; the index is damaged: run `dramasearch verify`")
+                    for file in entry_files(entry):  # scale hook: an on-disk index's .ivfdata too
+                        file_path = self.segments[i].folder / file["file"]
+                        if not file_path.is_file() or file_path.stat().st_size != file["bytes"]:
+                            raise IndexDamagedError(f"{file_path}: missing or of another size than generation "
+                                                    f"{self.number} records; the index is damaged: run `dramasearch verify`")
                     reused = load_index(path, spec, mmap=mmap)
                     if reused.ntotal != self.refs[i].rows:
                         raise IndexFormatError(f"{path}: holds {reused.ntotal} vectors but the segment has "
@@ -214,7 +217,7 @@ class Snapshot:
         for segment, ref in zip(self.segments, self.refs):
             damaged += segment.verify()
             files = [ref.deletes] if ref.deletes else []
-            files += list(ref.faiss.values())
+            files += [f for entry in ref.faiss.values() for f in entry_files(entry)]  # scale hook: + .ivfdata
             for entry in files:
                 path = segment.folder / entry["file"]
                 if not path.is_file() or path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
