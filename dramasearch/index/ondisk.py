@@ -166,7 +166,15 @@ def check_extents(invlists: faiss.OnDiskInvertedLists, data_path: Path) -> None:
 
 
 _stdout_lock = threading.Lock()
-_libc = ctypes.CDLL(None)
+try:
+    _fflush = ctypes.CDLL(None).fflush  # C stdio buffers FAISS's printf until flushed
+except (OSError, TypeError, AttributeError):  # no C library by that name (Windows)
+    _fflush = None
+
+
+def _flush_c_stdout() -> None:
+    if _fflush is not None:
+        _fflush(None)
 
 
 @contextlib.contextmanager
@@ -174,14 +182,14 @@ def _quiet_stdout() -> Iterator[None]:
     """Send FAISS's C-level prints on fd 1 to /dev/null (they would corrupt `search --json`)."""
     with _stdout_lock:
         sys.stdout.flush()
-        _libc.fflush(None)
+        _flush_c_stdout()
         saved = os.dup(1)
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(devnull, 1)
             yield
         finally:
-            _libc.fflush(None)
+            _flush_c_stdout()
             os.dup2(saved, 1)
             os.close(saved)
             os.close(devnull)
