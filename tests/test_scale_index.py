@@ -316,3 +316,15 @@ def test_assignment_by_a_separate_quantizer_equals_plain_add():
     params = faiss.SearchParametersIVF(nprobe=8)
     np.testing.assert_array_equal(plain.search(QUERIES, K, params=params)[1],
                                   assigned.search(QUERIES, K, params=params)[1])
+
+
+def test_deleted_rows_never_come_back_from_an_ondisk_index(tmp_path):
+    from dramasearch.index.updates import delete_documents
+
+    root, vectors = _imported(tmp_path, "ivf-disk")
+    delete_documents(root, [str(i) for i in range(0, 20, 2)])  # ids are row numbers
+    with _closing(Snapshot(root)) as snap:
+        nlist = snap.refs[0].faiss["dim32-ivf-disk"]["spec"]["params"]["nlist"]
+        _, _, rows = snap.search(prepare(vectors[:20], 32, True), K, "dim32-ivf-disk", nprobe=nlist)
+    assert not set(range(0, 20, 2)) & set(rows.ravel().tolist())
+    assert (rows[1::2, 0] == np.arange(1, 20, 2)).all()  # live rows still find themselves first
