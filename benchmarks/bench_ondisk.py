@@ -85,13 +85,43 @@ def write_tiled(base: np.ndarray, path: Path, rows: int) -> None:
     del array
 
 
+class PeakSampler:
+    """Peak anonymous memory (the process's own) and peak file-backed resident memory (mapped
+    files: page cache), sampled every 0.2 s; VmHWM alone mixes the two."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.anon = self.file = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.sample()
+
+    def sample(self) -> None:
+        self.anon = max(self.anon, status_kib("RssAnon"))
+        self.file = max(self.file, status_kib("RssFile"))
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        return {"peak_anon_mib": self.anon / 1024, "peak_file_mib": self.file / 1024}
+
+
 def do_build(spec: dict) -> dict:
     from dramasearch.index.vectors import import_vectors
 
+    cgroup = join_memory_cgroup(spec["build_memory_limit"]) if spec["build_memory_limit"] else ""
     reset_peak_rss()
+    sampler = PeakSampler()
     start = time.perf_counter()
     import_vectors(spec["vectors"], spec["index"], index_kind="ivf-disk")
-    return {"seconds": time.perf_counter() - start, "peak_rss_mib": vm_kib("VmHWM") / 1024}
+    return {"seconds": time.perf_counter() - start, "peak_rss_mib": vm_kib("VmHWM") / 1024, **sampler.stop(),
+            "cgroup": cgroup, "memory_limit": spec["build_memory_limit"]}
 
 
 def mapped_kib(suffix: str) -> int:
@@ -149,6 +179,7 @@ def do_search(spec: dict) -> dict:
         drop_file_cache(data)
     bare = vm_kib("VmRSS")
     reset_peak_rss()
+    sampler = PeakSampler()
     start = time.perf_counter()
     snap = Snapshot(spec["index"])
     name = f"dim{queries.shape[1]}-ivf-disk"
@@ -173,7 +204,7 @@ def do_search(spec: dict) -> dict:
         runs[str(nprobe)] = {"first_pass_qps": len(queries) / first, "batch_qps": len(queries) / float(np.median(times)),
                              "single_query_ms": single * 1000, "rows": rows.tolist(),
                              "ivfdata_resident_mib": mapped_kib(".ivfdata") / 1024}
-    peak = {"peak_rss_mib": vm_kib("VmHWM") / 1024, "rss_before_open_mib": bare / 1024,
+    peak = {"peak_rss_mib": vm_kib("VmHWM") / 1024, "rss_before_open_mib": bare / 1024, **sampler.stop(),
             "anon_mib": status_kib("RssAnon") / 1024, "ivfdata_resident_mib": mapped_kib(".ivfdata") / 1024}
     snap.close()
     return {"open_seconds": open_seconds, "cgroup": cgroup, "memory_limit": spec["memory_limit"],
@@ -223,10 +254,13 @@ def main() -> None:
     parser.add_argument("--vectors-from", default=None,
                         help="an existing SciFact index: use its stored vectors and encoder instead of encoding")
     parser.add_argument("--nprobes", default="16,64,256")
+    parser.add_argument("--build-memory-limit", default="0",
+                        help="run the build in a memory cgroup with this limit (page cache included); 0: none")
     parser.add_argument("--memory-limit", default="1G",
                         help="run the search in a memory cgroup with this limit (page cache included); 0: none")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--reuse-index", action="store_true", help="search the index a --keep run left, no rebuild")
     parser.add_argument("--keep", action="store_true", help="keep the vectors and index (several GB) afterwards")
     args = parser.parse_args()
     out = Path(args.out)
@@ -242,11 +276,18 @@ def main() -> None:
     if not vectors.is_file():
         write_tiled(np.load(base), vectors, args.rows)
     dim = int(np.load(base, mmap_mode="r").shape[1])
-    shutil.rmtree(index, ignore_errors=True)
+    reuse = args.reuse_index and (index / "generations").is_dir()
+    if not reuse:
+        shutil.rmtree(index, ignore_errors=True)
     spec = {"vectors": str(vectors), "index": str(index), "queries": str(queries_path),
             "nprobes": [int(n) for n in args.nprobes.split(",")], "repeats": args.repeats, "threads": args.threads,
-            "memory_limit": parse_size(args.memory_limit) if args.memory_limit != "0" else 0}
-    report["build"] = in_child(do_build, spec, "build")
+            "memory_limit": parse_size(args.memory_limit) if args.memory_limit != "0" else 0,
+            "build_memory_limit": parse_size(args.build_memory_limit) if args.build_memory_limit != "0" else 0}
+    try:
+        report["build"] = "reused" if reuse else in_child(do_build, spec, "build")
+    finally:
+        for folder in Path("/sys/fs/cgroup").glob("*/dramasearch-bench-ondisk-*"):
+            folder.rmdir()
     print(json.dumps({"build": report["build"]}), flush=True)
     files = {p.name: p.stat().st_size for p in (index / "segments").rglob("dim*-ivf-disk.*")}
     report["index_files_bytes"] = files
@@ -267,7 +308,7 @@ def main() -> None:
     report["budget_choices"] = budget_choices(args.rows, dim)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
-    if not args.keep:
+    if not args.keep:  # the base and query vectors (small) stay for the next run
         shutil.rmtree(index, ignore_errors=True)
         vectors.unlink(missing_ok=True)
 
