@@ -12,6 +12,9 @@ from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_SYSTEM, EXIT_USAGE, DramaSe
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")  # encoder.DTYPES, named here so --help needs no torch import
 
+# faiss_index.ALL_KINDS, spelled out so the CLI starts without importing FAISS (a test checks they agree).
+INDEX_CHOICES = ["auto", "flat", "hnsw", "ivf", "ivfpq", "sq8", "ivf-disk", "ivfpq-disk"]
+
 DTYPE_OPTION = click.option(
     "--dtype", default="auto", show_default=True, type=click.Choice(DTYPES),
     help="Model precision; auto = bf16 on CUDA and on CPUs with native bf16, else fp32.",
@@ -88,7 +91,11 @@ def cli(debug: bool) -> None:
               help="Hub id, alias (drama-base, drama-large, drama-1b, minilm) or local folder.")
 @click.option("--dims", type=INTS, default=None, help="Matryoshka dims to index, e.g. 256,768 (default: full dim).")
 @click.option("--index", "index_kind", default="auto", show_default=True,
-              type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq", "sq8"]))
+              type=click.Choice(INDEX_CHOICES))
+@click.option("--memory-budget", default=None,
+              help="RAM the index may use when searched, e.g. 4G: --index auto picks the most accurate kind that "
+              "fits (default: half the available RAM).")
+@click.option("--no-gpu", is_flag=True, help="Never use a GPU for FAISS (also DRAMASEARCH_NO_GPU=1).")
 @click.option("--max-length", type=int, default=None, help="Max tokens per document (default: the model's).")
 @click.option("--store-text", is_flag=True, help="Keep titles and texts so hits can show them.")
 @click.option("--shard", type=ShardSlice(), default=None, help="Encode only slice I/N of the shards (several machines); "
@@ -107,10 +114,11 @@ def cli(debug: bool) -> None:
 @click.option("--id-field", default=None)
 @click.option("--title-field", default=None)
 @click.option("--text-field", default=None)
-def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_text, shard, shard_size,
-                    batch_tokens, devices, dtype, compile_model, long_doc, chunk_tokens, stride, aggregate, id_field, title_field,
-                    text_field) -> None:
+def build_index_cmd(corpus, output, model, dims, index_kind, memory_budget, no_gpu, max_length, store_text, shard,
+                    shard_size, batch_tokens, devices, dtype, compile_model, long_doc, chunk_tokens, stride, aggregate,
+                    id_field, title_field, text_field) -> None:
     """Encode CORPUS (BEIR folder, .jsonl[.gz], .tsv, .parquet, or a folder of .txt/.md) into an index."""
+    from .index.budget import parse_size
     from .index.build import BuildSettings, build_index
 
     settings = BuildSettings(
@@ -120,6 +128,7 @@ def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_t
         compile=compile_model,
         long_doc=long_doc, chunk_tokens=chunk_tokens, stride=stride, aggregate=aggregate or "maxp",
         id_field=id_field, title_field=title_field, text_field=text_field,
+        memory_budget=parse_size(memory_budget) if memory_budget else None, use_gpu=False if no_gpu else None,
     )
     click.echo(build_index(settings).summary())
 
@@ -128,7 +137,7 @@ def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_t
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--dims", type=INTS, required=True, help="Dims to add, e.g. 128,256.")
 @click.option("--index", "index_kind", default="auto", show_default=True,
-              type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq", "sq8"]))
+              type=click.Choice(INDEX_CHOICES))
 def add_dim_cmd(index_dir, dims, index_kind) -> None:
     """Build FAISS indexes at more Matryoshka dims from the stored vectors (no re-encoding)."""
     from .index.updates import add_dims
@@ -174,6 +183,7 @@ def info(index_dir) -> None:
     """What an index holds: generation, encoder, segments, live rows, tombstones, FAISS indexes."""
     from .index.generation import IndexDir
     from .index.segment import read_segment_info
+    from .index.generation import entry_files
     from .index.writer import index_key
 
     idx = IndexDir(index_dir)
@@ -192,7 +202,7 @@ def info(index_dir) -> None:
         click.echo(f"segment: {s['name']} keys {s['base']}..{s['base'] + s['rows'] - 1}: {s['documents']} documents "
                    f"({sealed.empty} empty, {sealed.truncated} truncated), {s['rows']} rows, {s['deleted']} deleted")
     for ix in g.indexes:
-        size = sum(s["faiss"][index_key(ix)]["bytes"] for s in g.segments)
+        size = sum(f["bytes"] for s in g.segments for f in entry_files(s["faiss"][index_key(ix)]))  # + .ivfdata
         click.echo(f"index: dim {ix['dim']} {ix['kind']} ({size:,} bytes)")
 
 
@@ -268,7 +278,7 @@ def refresh(index_dir, model, corpus, max_length, batch_tokens, dtype) -> None:
 @click.option("--metric", type=click.Choice(["cosine", "dot"]), default="cosine", show_default=True)
 @click.option("--dims", type=INTS, default=None, help="Matryoshka dims to index (default: full dim).")
 @click.option("--index", "index_kind", default="auto", show_default=True,
-              type=click.Choice(["auto", "flat", "hnsw", "ivf", "ivfpq", "sq8"]))
+              type=click.Choice(INDEX_CHOICES))
 def import_vectors_cmd(vectors, output, ids_path, id_column, vector_column, model, metric, dims, index_kind) -> None:
     """Index existing embeddings (.npy + ids, or .parquet with id and vector columns)."""
     from .index.vectors import import_vectors

@@ -45,9 +45,9 @@ def choice(name: str, value: Any, choices: Sequence[str], *, optional: bool = Fa
 
 
 def index_kind(value: Any, name: str = "index_kind") -> str:
-    from .index.faiss_index import KINDS  # the FAISS module owns the list of kinds it can build
+    from .index.faiss_index import ALL_KINDS  # the FAISS module owns the list of kinds it can build
 
-    return choice(name, value, ("auto", *KINDS))
+    return choice(name, value, ("auto", *ALL_KINDS))
 
 
 def aggregate(value: Any, *, optional: bool = True) -> str | None:

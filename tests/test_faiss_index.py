@@ -135,13 +135,14 @@ def test_truncated_index_equals_numpy_truncation():
         (99_999, 768, "flat"),
         (100_000, 768, "hnsw"),
         (5_000_000, 384, "hnsw"),
-        (5_000_001, 384, "ivfpq"),
-        (5_000_000, 1024, "ivfpq"),  # 5M x (4*1024 + 256) bytes > 16 GiB
-        (50_000_000, 256, "ivfpq"),
+        (5_000_001, 384, "ivf"),  # past HNSW's row limit; 5M x (4*384 + 8) bytes fit 16 GiB
+        (5_000_000, 1024, "ivfpq"),  # 5M x (4*1024 + 256) bytes > 16 GiB, and IVF-Flat too
+        (50_000_000, 256, "ivfpq"),  # 50M x (32 + 8) bytes of codes and ids fit
     ],
 )
 def test_auto_kind_by_size(num_vectors, dim, kind):
-    assert choose_spec("auto", dim, num_vectors).kind == kind
+    """At a 16 GiB budget (auto's rules by budget are tested in test_scale_index.py)."""
+    assert choose_spec("auto", dim, num_vectors, memory_budget=16 * 2**30).kind == kind
 
 
 def test_default_params():

@@ -58,6 +58,8 @@ class BuildSettings:
     stride: int = 64  # chunk mode: tokens shared by consecutive windows
     aggregate: str = "maxp"  # chunk mode: default per-document aggregation at search time
     show_progress: bool = True
+    memory_budget: int | None = None  # scale: bytes for `auto` to fit (default: half the available RAM)
+    use_gpu: bool | None = None  # scale: FAISS on GPU; None: if FAISS sees one (unless DRAMASEARCH_NO_GPU=1)
 
     def rows(self, encoder: Encoder) -> RowSettings:
         chunked = self.long_doc == "chunk"
@@ -176,11 +178,11 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
         raise IndexFormatError(f"{idx.root}: shards {missing[:10]} are not encoded yet; finish every --shard I/N run first")
     with idx.writer():
         rows = sum(i.rows for i in infos)
-        specs = [{"dim": d, "kind": choose_spec(settings.index_kind, d, rows).kind} for d in dims]
+        specs = [{"dim": d, "kind": choose_spec(settings.index_kind, d, rows, settings.memory_budget).kind} for d in dims]
         if committed is not None:
             specs = committed.indexes
         info = seal_segment(folder, BUILD_SEGMENT, infos, encoder.dim, settings.long_doc == "chunk")
-        ref = new_ref(folder, info, 0, specs, encoder.spec.normalize)
+        ref = new_ref(folder, info, 0, specs, encoder.spec.normalize, settings.use_gpu)
         number = (latest or 0) + 1
         generation = Generation(
             generation=number, parent=latest, operation="repair" if repairing else "build", created=_now(),

@@ -92,6 +92,11 @@ class Generation:
                                    created=_now(), **changes)
 
 
+def entry_files(entry: dict) -> list[dict]:
+    """Every file a generation's FAISS entry names: the index, plus an on-disk index's data."""
+    return [entry] + ([entry["data"]] if "data" in entry else [])
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -322,7 +327,7 @@ class IndexDir:
                 continue  # a damaged old generation (removed above unless pinned) keeps nothing alive
             for ref in gen.refs():
                 names = live.setdefault(ref.name, set())
-                names.update(f["file"] for f in ref.faiss.values())
+                names.update(f["file"] for entry in ref.faiss.values() for f in entry_files(entry))
                 if ref.deletes:
                     names.add(ref.deletes["file"])
         working = {work_segment(p) for p in self.work.glob("*.json")} if self.work.is_dir() else set()
@@ -335,7 +340,7 @@ class IndexDir:
                 removed.append(folder)
                 continue
             for file in folder.iterdir():
-                optional = file.suffix == ".faiss" or (file.name.startswith("del-") and file.suffix == ".npy")
+                optional = file.suffix in (".faiss", ".ivfdata") or (file.name.startswith("del-") and file.suffix == ".npy")
                 if optional and file.name not in live[folder.name]:
                     file.unlink(missing_ok=True)
                     removed.append(file)

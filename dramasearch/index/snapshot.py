@@ -18,7 +18,7 @@ from ..errors import IndexDamagedError, IndexFormatError, UsageError
 from ..idhash import id_hash
 from .faiss_index import IndexSpec, load_index, search_params
 from .files import FileCache, file_problem, load_npy
-from .generation import IndexDir, SegmentRef
+from .generation import IndexDir, SegmentRef, entry_files
 from .segment import SEGMENT_FILE, Segment, read_segment_info
 
 
@@ -138,9 +138,10 @@ class Snapshot:
             if key not in self._faiss:
                 reused = self._previous_faiss.get((str(path), entry["sha256"]))
                 if reused is None:
-                    problem = file_problem(path, entry, full=False)
-                    if problem:
-                        raise IndexDamagedError(problem)
+                    for file in entry_files(entry):  # an on-disk index's .ivfdata too
+                        problem = file_problem(self.segments[i].folder / file["file"], file, full=False)
+                        if problem:
+                            raise IndexDamagedError(problem)
                     try:
                         reused = load_index(path, spec, mmap=mmap)
                     except RuntimeError as exc:  # FAISS reports unreadable files as RuntimeError
@@ -231,7 +232,7 @@ def segment_problems(segment: Segment, ref: SegmentRef, number: int, full: bool,
         return [f"{segment.folder / SEGMENT_FILE}: {segment.info.rows} rows, {segment.info.documents} documents; "
                 f"generation {number} records {ref.rows} and {ref.documents}"]
     found = segment.problems(full, cached) + (segment.sidecar_problems() if full else [])
-    for entry in ([ref.deletes] if ref.deletes else []) + list(ref.faiss.values()):
+    for entry in ([ref.deletes] if ref.deletes else []) + [f for e in ref.faiss.values() for f in entry_files(e)]:
         found.append(file_problem(segment.folder / entry["file"], entry, full, cached))
     return [p for p in found if p]
 

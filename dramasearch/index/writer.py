@@ -25,9 +25,10 @@ from ..encoder import Encoder
 from ..errors import IndexDamagedError
 from ..fsutil import atomic_write_bytes
 from ..idhash import id_hash
-from .faiss_index import build_index as build_faiss, save_index, segment_spec
+from .faiss_index import DISK_KINDS, build_index as build_faiss, save_index, segment_spec
 from .files import FileCache, file_sha256
 from .generation import IndexDir, SegmentRef
+from .ondisk import build_ondisk
 from .records import read_record, record_bytes
 from .segment import SEGMENT_FILE, Segment, SegmentInfo, ShardData, ShardInfo, read_shard_info, shard_is_whole, write_shard
 
@@ -189,12 +190,18 @@ def _remove_stale_sidecars(folder: Path, count: int) -> None:
             sidecar.unlink()
 
 
-def build_segment_faiss(folder: Path, info: SegmentInfo, kind: str, dim: int, normalize: bool) -> dict:
+def build_segment_faiss(folder: Path, info: SegmentInfo, kind: str, dim: int, normalize: bool,
+                        use_gpu: bool | None = None) -> dict:
     """The FAISS index of one segment at one (dim, kind): FAISS id = row number in the segment."""
     spec = segment_spec(kind, dim, info.rows)
     path = folder / spec.filename
     segment = Segment(folder, info, FileCache(4))
-    index = build_faiss(spec, segment.vector_blocks, info.rows, normalize=normalize)
+    # --- scale hook: on-disk IVF kinds write an index + .ivfdata pair, built in parts ---
+    if spec.kind in DISK_KINDS:
+        return build_ondisk(spec, segment.vector_blocks, info.rows, path, normalize=normalize,
+                            use_gpu=use_gpu) | {"spec": spec.to_dict()}
+    # --- end scale hook ---
+    index = build_faiss(spec, segment.vector_blocks, info.rows, normalize=normalize, use_gpu=use_gpu)
     save_index(index, path)
     return {"file": spec.filename, "bytes": path.stat().st_size, "sha256": file_sha256(path), "spec": spec.to_dict()}
 
@@ -203,8 +210,10 @@ def index_key(spec: dict) -> str:
     return f"dim{spec['dim']}-{spec['kind']}"
 
 
-def new_ref(folder: Path, info: SegmentInfo, base: int, specs: Sequence[dict], normalize: bool) -> SegmentRef:
+def new_ref(folder: Path, info: SegmentInfo, base: int, specs: Sequence[dict], normalize: bool,
+            use_gpu: bool | None = None) -> SegmentRef:
     """A sealed segment with a FAISS file per index spec, ready to list in a generation."""
-    faiss_files = {index_key(s): build_segment_faiss(folder, info, s["kind"], s["dim"], normalize) for s in specs}
+    faiss_files = {index_key(s): build_segment_faiss(folder, info, s["kind"], s["dim"], normalize, use_gpu)
+                   for s in specs}
     return SegmentRef(name=info.name, base=base, rows=info.rows, documents=info.documents, faiss=faiss_files,
                       info_sha256=file_sha256(folder / SEGMENT_FILE))
