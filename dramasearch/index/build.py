@@ -21,6 +21,7 @@ from ..errors import IndexFormatError
 from ..models import DEFAULT_MODEL, load_encoder
 from .faiss_index import choose_spec
 from .generation import Generation, IndexDir, _now
+from .lexical import LexicalConfig, tokenizer, write_from_documents
 from .segment import read_segment_info, seal_segment
 from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, batched, check_dims, content_sha256, \
     encode_documents, finish_work, index_key, new_ref, read_work, segment_name, start_work
@@ -53,6 +54,7 @@ class BuildSettings:
     chunk_tokens: int | None = None  # chunk mode: window length in text tokens (default: min(512, what fits))
     stride: int = 64  # chunk mode: tokens shared by consecutive windows
     aggregate: str = "maxp"  # chunk mode: default per-document aggregation at search time
+    bm25: bool = False  # also keep BM25 postings per segment (lexical.py) for hybrid search
     show_progress: bool = True
 
     def rows(self, encoder: Encoder) -> RowSettings:
@@ -119,6 +121,9 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
             raise ValueError("several devices need one model load per worker; pass no encoder with devices")
         idx.create()
         _encode_on_devices(settings)
+    lexical = LexicalConfig() if settings.bm25 else None  # --- hybrid: BM25 postings beside the vectors
+    if lexical is not None:
+        tokenizer(lexical)  # a missing bm25s / PyStemmer fails now, not after encoding
     encoder = encoder or load_encoder(
         settings.model, device=_first(settings.devices), dtype=DTYPES[settings.dtype], max_length=settings.max_length,
         compile=settings.compile,
@@ -146,9 +151,13 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
         specs = [{"dim": d, "kind": choose_spec(settings.index_kind, d, rows).kind} for d in dims]
         info = seal_segment(folder, BUILD_SEGMENT, infos, encoder.dim, settings.long_doc == "chunk")
         ref = new_ref(folder, info, 0, specs, encoder.spec.normalize)
+        extra = {}
+        if lexical is not None:  # --- hybrid
+            write_from_documents(folder, _documents(settings), lexical)
+            extra["bm25"] = lexical.to_dict()
         generation = Generation(
             generation=1, parent=None, operation="build", created=_now(), encoder=encoder.spec.to_dict(),
-            settings=settings.rows(encoder).to_dict() | {"corpus": settings.corpus, "build_key": key},
+            settings=settings.rows(encoder).to_dict() | {"corpus": settings.corpus, "build_key": key} | extra,
             indexes=specs, segments=[dataclasses.asdict(ref)], next_key=info.rows, next_segment=1,
         )
         idx.commit(generation)
@@ -190,6 +199,9 @@ def _rebuild_committed(idx: IndexDir, settings: BuildSettings, encoder: Encoder,
             f"{idx.root} holds a build made with other settings ({', '.join(changed)} differ); "
             "use a new output folder, or `dramasearch refresh` to re-encode with another model"
         )
+    if settings.bm25 != ("bm25" in generation.settings):  # --- hybrid
+        have = "with" if "bm25" in generation.settings else "without"
+        raise IndexFormatError(f"{idx.root} was built {have} --bm25; build into a new output folder to change that")
     if generation.generation != 1 or [s["name"] for s in generation.segments] != [BUILD_SEGMENT]:
         raise IndexFormatError(f"{idx.root} has changed since it was built (generation {generation.generation}); "
                                "use `dramasearch add` / `delete` to change documents")

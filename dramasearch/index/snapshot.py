@@ -55,6 +55,8 @@ class Snapshot:
         self._faiss: dict[tuple[int, str], faiss.Index] = {}
         self._previous_faiss = previous._faiss_by_file() if previous else {}
         self._lock = threading.Lock()
+        self._lexical = None  # --- hybrid: BM25 side (lexical.py), loaded on first use
+        self._previous_lexical = previous._lexical if previous else None
 
     @property
     def number(self) -> int:
@@ -175,6 +177,17 @@ class Snapshot:
         take = lambda a: np.take_along_axis(a, order, axis=1)
         return take(scores), take(segs), take(rows)
 
+    # --- lexical (indexes built with --bm25) ---------------------------------------------------
+    def lexical(self):
+        """The BM25 side of this generation (lexical.LexicalReader); an error names the fix if absent."""
+        with self._lock:
+            if self._lexical is None:
+                from .lexical import LexicalReader
+
+                self._lexical = LexicalReader(self, self._previous_lexical)
+                self._previous_lexical = None
+            return self._lexical
+
     # --- documents -----------------------------------------------------------------------------
     def find(self, docid: str) -> tuple[int, int] | None:
         """(segment position, document number) of the live document `docid`, newest segment first."""
@@ -219,5 +232,9 @@ class Snapshot:
                 path = segment.folder / entry["file"]
                 if not path.is_file() or path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
                     damaged.append(str(path))
+            if self.settings.get("bm25") is not None:  # --- hybrid: the segment's BM25 postings
+                from .lexical import verify_segment
+
+                damaged += verify_segment(segment.folder)
         return damaged
 
