@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .errors import UsageError
 from .searcher import Hit
+
+if TYPE_CHECKING:
+    from .index.snapshot import Snapshot
 
 HYBRID_MODES = ("rrf", "linear", "bm25")
 
@@ -93,7 +96,7 @@ def fuse(dense: Ranking, lexical: Ranking, fusion: Fusion) -> list[tuple[str, fl
     return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
 
 
-def hybrid_search(snap, queries: list[str], k: int, hybrid: "str | Fusion",
+def hybrid_search(snap: "Snapshot", queries: list[str], k: int, hybrid: "str | Fusion",
                   dense: Callable[[int], list[list[Hit]]], with_fields: bool) -> list[list[Hit]]:
     """Fused top-k hits per query; `dense(depth)` gives the dense document hits of the same snapshot.
 

@@ -26,7 +26,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from ..errors import DramaSearchError, IndexFormatError
 from ..fsutil import atomic_write_bytes
 from .files import file_sha256, load_npy, npy_bytes, npy_header_size, sha256_bytes
 from .segment import DOCROWS, FileInfo
+
+if TYPE_CHECKING:
+    from .snapshot import Snapshot
 
 SIDECAR = "bm25.json"
 TERMS, TERM_OFFSETS, POINTERS, DOCS, FREQS, LENGTHS = (
@@ -243,7 +246,7 @@ def write_from_documents(folder: Path, documents: Iterable[Document], config: Le
     return write_postings(folder, postings_from_documents(documents, config), config)
 
 
-def carry_over(folder: Path, snap, order: Iterable[tuple[int, int]], documents: int, config: LexicalConfig) -> dict:
+def carry_over(folder: Path, snap: "Snapshot", order: Iterable[tuple[int, int]], documents: int, config: LexicalConfig) -> dict:
     """compact and refresh: the new segment's document j is `order[j]` = (segment, document) of `snap`."""
     picks = [np.full(s.info.documents, -1, dtype=np.int64) for s in snap.segments]
     count = 0
@@ -272,7 +275,7 @@ class LexicalReader:
     segment is the same; live masks and corpus statistics belong to the generation.
     """
 
-    def __init__(self, snap, previous: "LexicalReader | None" = None):
+    def __init__(self, snap: "Snapshot", previous: "LexicalReader | None" = None):
         config = generation_config(snap.settings)
         if config is None:
             raise IndexFormatError(f"{snap.dir.root} was built without --bm25, so it has no lexical index for "
@@ -343,7 +346,7 @@ class LexicalReader:
         return [LexicalHit(s, i, d) for s, i, d in candidates[:depth]]
 
 
-def _live_documents(snap, i: int) -> np.ndarray:
+def _live_documents(snap: "Snapshot", i: int) -> np.ndarray:
     """bool [documents] of segment i: False where the document's rows are tombstoned."""
     segment = snap.segments[i]
     live = np.ones(segment.info.documents, dtype=bool)
