@@ -115,7 +115,8 @@ def main() -> None:
         m = {mode: r["modes"][mode]["nDCG@10"] for mode in MODES}
         best_single = max(m["bm25"], m["dense"])
         verdict = ", ".join(f"{f} {'yes' if m[f] > best_single else 'no'}" for f in ("rrf", "linear"))
-        print(f"| {r['collection']} | {m['bm25']:.4f} | {m['dense']:.4f} | {m['rrf']:.4f} | {m['linear']:.4f} | {verdict} |")
+        print(f"| {r['collection']} | {m['bm25']:.4f} | {m['dense']:.4f} | {m['rrf']:.4f} | {m['linear']:.4f} "
+              f"| {verdict} |")
 
 
 if __name__ == "__main__":

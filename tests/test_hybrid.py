@@ -120,7 +120,8 @@ def test_bm25_equals_a_hand_computation_on_a_tiny_corpus(minilm, tmp_path):
     root = tmp_path / "hand"
     _build(_write(tmp_path / "hand.jsonl", records), root, minilm, bm25=True)
     # bm25s's tokenizer with English stopwords and the Snowball stemmer: "cats" -> "cat", "and" dropped
-    tokens = [["cat", "chase", "mice", "cat", "sleep"], ["dog", "chase", "cat"], ["mice", "mice", "eat", "chees", "mice", "hide"]]
+    tokens = [["cat", "chase", "mice", "cat", "sleep"], ["dog", "chase", "cat"],
+              ["mice", "mice", "eat", "chees", "mice", "hide"]]
     got = _our_scores(root, ["cat mice"])[0]
     want = _hand_bm25(tokens, ["cat", "mice"], 0.9, 0.4)
     np.testing.assert_allclose([got[i] for i in "abc"], want, rtol=1e-9)

@@ -207,8 +207,9 @@ def read_postings(folder: Path, config: LexicalConfig, documents: int) -> Postin
     """A segment's postings, checked against its sidecar (sizes, settings, document count)."""
     sidecar = read_sidecar(folder)
     if LexicalConfig.from_dict(sidecar["config"]) != config or sidecar["documents"] != documents:
-        raise IndexFormatError(f"{folder / SIDECAR}: settings or document count ({sidecar['documents']}) differ from "
-                               f"the generation ({documents} documents); the index is damaged: run `dramasearch verify`")
+        raise IndexFormatError(f"{folder / SIDECAR}: settings or document count ({sidecar['documents']}) differ "
+                               f"from the generation ({documents} documents); the index is damaged: "
+                               "run `dramasearch verify`")
     for name, info in sidecar["files"].items():
         path = folder / name
         if not path.is_file() or path.stat().st_size != info["bytes"]:
@@ -246,7 +247,8 @@ def write_from_documents(folder: Path, documents: Iterable[Document], config: Le
     return write_postings(folder, postings_from_documents(documents, config), config)
 
 
-def carry_over(folder: Path, snap: "Snapshot", order: Iterable[tuple[int, int]], documents: int, config: LexicalConfig) -> dict:
+def carry_over(folder: Path, snap: "Snapshot", order: Iterable[tuple[int, int]], documents: int,
+               config: LexicalConfig) -> dict:
     """compact and refresh: the new segment's document j is `order[j]` = (segment, document) of `snap`."""
     picks = [np.full(s.info.documents, -1, dtype=np.int64) for s in snap.segments]
     count = 0
