@@ -104,12 +104,14 @@ def cli() -> None:
 @click.option("--stride", type=int, default=64, show_default=True, help="Chunk mode: tokens shared by consecutive windows.")
 @AGGREGATE_OPTION
 @click.option("--bm25", is_flag=True, help="Also keep a BM25 index (bm25s tokenizer) for --hybrid search.")
+@click.option("--bm25-stemmer", default="english", show_default=True,
+              help="Snowball stemmer language for BM25 (PyStemmer), or 'none'.")
 @click.option("--id-field", default=None)
 @click.option("--title-field", default=None)
 @click.option("--text-field", default=None)
 def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_text, shard, shard_size,
-                    batch_tokens, devices, dtype, compile_model, long_doc, chunk_tokens, stride, aggregate, bm25, id_field,
-                    title_field, text_field) -> None:
+                    batch_tokens, devices, dtype, compile_model, long_doc, chunk_tokens, stride, aggregate, bm25,
+                    bm25_stemmer, id_field, title_field, text_field) -> None:
     """Encode CORPUS (BEIR folder, .jsonl[.gz], .tsv, .parquet, or a folder of .txt/.md) into an index."""
     from .index.build import BuildSettings, build_index
 
@@ -119,6 +121,7 @@ def build_index_cmd(corpus, output, model, dims, index_kind, max_length, store_t
         batch_tokens=batch_tokens, devices=tuple(devices.split(",")) if devices else (), dtype=dtype,
         compile=compile_model,
         long_doc=long_doc, chunk_tokens=chunk_tokens, stride=stride, aggregate=aggregate or "maxp", bm25=bm25,
+        bm25_stemmer=None if bm25_stemmer.lower() == "none" else bm25_stemmer,
         id_field=id_field, title_field=title_field, text_field=text_field,
     )
     click.echo(build_index(settings).summary())

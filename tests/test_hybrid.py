@@ -57,10 +57,9 @@ def _build(corpus: Path, out: Path, encoder, **kw):
     return build_index(settings, encoder=encoder)
 
 
-def _bm25s_scores(live: list[dict], queries: list[str]) -> list[dict[str, float]]:
+def _bm25s_scores(live: list[dict], queries: list[str], config=LexicalConfig()) -> list[dict[str, float]]:
     """Reference: bm25s (Lucene BM25, same k1/b, same tokenizer) indexed on the live documents only."""
-    config = LexicalConfig()
-    stemmer = Stemmer.Stemmer(config.stemmer)
+    stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
     tokens = lambda texts: bm25s.tokenize(texts, stopwords=config.stopwords, stemmer=stemmer, return_ids=False,
                                           show_progress=False)
     retriever = bm25s.BM25(k1=config.k1, b=config.b, method="lucene")
@@ -89,8 +88,8 @@ def _our_scores(root: Path, queries: list[str]) -> list[dict[str, float]]:
         snap.close()
 
 
-def _assert_bm25_equal(root: Path, live: list[dict], queries: list[str]) -> None:
-    ours, ref = _our_scores(root, queries), _bm25s_scores(live, queries)
+def _assert_bm25_equal(root: Path, live: list[dict], queries: list[str], config=LexicalConfig()) -> None:
+    ours, ref = _our_scores(root, queries), _bm25s_scores(live, queries, config)
     for got, want in zip(ours, ref):
         assert got.keys() == want.keys()
         ids = sorted(want)
@@ -125,6 +124,16 @@ def test_bm25_equals_a_hand_computation_on_a_tiny_corpus(minilm, tmp_path):
     got = _our_scores(root, ["cat mice"])[0]
     want = _hand_bm25(tokens, ["cat", "mice"], 0.9, 0.4)
     np.testing.assert_allclose([got[i] for i in "abc"], want, rtol=1e-9)
+
+
+def test_bm25_without_stemmer_is_recorded_and_used(minilm, docs, queries, tmp_path):
+    root = tmp_path / "unstemmed"
+    _build(_write(tmp_path / "c.jsonl", docs[:12]), root, minilm, bm25=True, bm25_stemmer=None)
+    snap = Snapshot(root)
+    assert snap.settings["bm25"]["stemmer"] is None
+    snap.close()
+    _assert_bm25_equal(root, docs[:12], queries, LexicalConfig(stemmer=None))
+    assert _our_scores(root, ["tyres"])[0] != _our_scores(root, ["tyre"])[0]  # no stemming: different terms
 
 
 def test_bm25_follows_add_upsert_delete_compact_refresh(minilm, docs, queries, tmp_path):

@@ -55,6 +55,7 @@ class BuildSettings:
     stride: int = 64  # chunk mode: tokens shared by consecutive windows
     aggregate: str = "maxp"  # chunk mode: default per-document aggregation at search time
     bm25: bool = False  # also keep BM25 postings per segment (lexical.py) for hybrid search
+    bm25_stemmer: str | None = "english"  # a PyStemmer (Snowball) language, or None for no stemming
     show_progress: bool = True
 
     def rows(self, encoder: Encoder) -> RowSettings:
@@ -121,7 +122,7 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
             raise ValueError("several devices need one model load per worker; pass no encoder with devices")
         idx.create()
         _encode_on_devices(settings)
-    lexical = LexicalConfig() if settings.bm25 else None  # --- hybrid: BM25 postings beside the vectors
+    lexical = LexicalConfig(stemmer=settings.bm25_stemmer) if settings.bm25 else None  # --- hybrid: BM25 postings beside the vectors
     if lexical is not None:
         tokenizer(lexical)  # a missing bm25s / PyStemmer fails now, not after encoding
     encoder = encoder or load_encoder(

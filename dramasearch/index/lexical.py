@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 
 from ..corpus import Document
-from ..errors import DramaSearchError, IndexFormatError
+from ..errors import DramaSearchError, IndexFormatError, UsageError
 from ..fsutil import atomic_write_bytes
 from .files import file_sha256, load_npy, npy_bytes, npy_header_size, sha256_bytes
 from .segment import DOCROWS, FileInfo
@@ -80,6 +80,9 @@ def tokenizer(config: LexicalConfig) -> Callable[[list[str]], list[list[str]]]:
         except ImportError:
             raise DramaSearchError(f"this BM25 index stems with the {config.stemmer!r} Snowball stemmer: "
                                    "pip install PyStemmer") from None
+        if config.stemmer not in Stemmer.algorithms():
+            raise UsageError("bm25_stemmer", f"unknown stemmer {config.stemmer!r}; choose one of "
+                             f"{', '.join(sorted(Stemmer.algorithms()))}, or none")
         stemmer = Stemmer.Stemmer(config.stemmer)
 
     def tokenize(texts: list[str]) -> list[list[str]]:
