@@ -34,6 +34,29 @@ AGGREGATE_OPTION = click.option(
 )
 
 
+def hybrid_options(command):
+    """--- hybrid: --hybrid and its knobs (dramasearch/hybrid.py), shared by search and evaluate."""
+    for option in reversed([
+        click.option("--hybrid", type=click.Choice(["rrf", "linear", "bm25"]), default=None,
+                     help="Fuse dense and BM25 per document (index built with --bm25); bm25 = lexical only."),
+        click.option("--hybrid-weight", type=float, default=0.5, show_default=True,
+                     help="linear: dense share of the fused score (min-max normalized scores)."),
+        click.option("--rrf-k", type=float, default=60.0, show_default=True, help="rrf: 1 / (rrf_k + rank)."),
+        click.option("--hybrid-depth", type=int, default=100, show_default=True,
+                     help="Candidates taken from each ranking before fusing."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _fusion(hybrid, weight, rrf_k, depth):
+    if hybrid is None:
+        return None
+    from .hybrid import Fusion
+
+    return Fusion(method=hybrid, rrf_k=rrf_k, weight=weight, depth=depth)
+
+
 def _dtype(name: str):
     from .encoder import DTYPES as TORCH_DTYPES
 
@@ -111,12 +134,15 @@ def cli(debug: bool) -> None:
 @click.option("--chunk-tokens", type=int, default=None, help="Chunk mode: tokens per window (default: min(512, what fits)).")
 @click.option("--stride", type=int, default=64, show_default=True, help="Chunk mode: tokens shared by consecutive windows.")
 @AGGREGATE_OPTION
+@click.option("--bm25", is_flag=True, help="Also keep a BM25 index (bm25s tokenizer) for --hybrid search.")
+@click.option("--bm25-stemmer", default="english", show_default=True,
+              help="Snowball stemmer language for BM25 (PyStemmer), or 'none'.")
 @click.option("--id-field", default=None)
 @click.option("--title-field", default=None)
 @click.option("--text-field", default=None)
 def build_index_cmd(corpus, output, model, dims, index_kind, memory_budget, no_gpu, max_length, store_text, shard,
                     shard_size, batch_tokens, devices, dtype, compile_model, long_doc, chunk_tokens, stride, aggregate,
-                    id_field, title_field, text_field) -> None:
+                    bm25, bm25_stemmer, id_field, title_field, text_field) -> None:
     """Encode CORPUS (BEIR folder, .jsonl[.gz], .tsv, .parquet, or a folder of .txt/.md) into an index."""
     from .index.budget import parse_size
     from .index.build import BuildSettings, build_index
@@ -126,7 +152,8 @@ def build_index_cmd(corpus, output, model, dims, index_kind, memory_budget, no_g
         max_length=max_length, store_text=store_text, shard=shard, shard_size=shard_size,
         batch_tokens=batch_tokens, devices=tuple(devices.split(",")) if devices else (), dtype=dtype,
         compile=compile_model,
-        long_doc=long_doc, chunk_tokens=chunk_tokens, stride=stride, aggregate=aggregate or "maxp",
+        long_doc=long_doc, chunk_tokens=chunk_tokens, stride=stride, aggregate=aggregate or "maxp", bm25=bm25,
+        bm25_stemmer=None if bm25_stemmer.lower() == "none" else bm25_stemmer,
         id_field=id_field, title_field=title_field, text_field=text_field,
         memory_budget=parse_size(memory_budget) if memory_budget else None, use_gpu=False if no_gpu else None,
     )
@@ -158,17 +185,20 @@ def add_dim_cmd(index_dir, dims, index_kind) -> None:
 @DTYPE_OPTION
 @AGGREGATE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per hit.")
+@hybrid_options
 @CHECKS_OPTION
-def search(index_dir, query, k, dim, rerank_dim, device, model, generation, dtype, aggregate, as_json, checks) -> None:
+def search(index_dir, query, k, dim, rerank_dim, device, model, generation, dtype, aggregate, as_json, hybrid,
+           hybrid_weight, rrf_k, hybrid_depth, checks) -> None:
     """Top-k documents for QUERY."""
     from . import validate
     from .searcher import Searcher
 
     validate.query(query)
     validate.k(k)
+    fusion = _fusion(hybrid, hybrid_weight, rrf_k, hybrid_depth)
     with Searcher(index_dir, dim=dim, device=device, model=model, dtype=_dtype(dtype), generation=generation,
                   checks=checks) as searcher:
-        hits = searcher.search(query, k, rerank_dim=rerank_dim, aggregate=aggregate)
+        hits = searcher.search(query, k, rerank_dim=rerank_dim, aggregate=aggregate, hybrid=fusion)
     for hit in hits:
         if as_json:
             click.echo(json.dumps(asdict(hit), ensure_ascii=False))
@@ -204,6 +234,8 @@ def info(index_dir) -> None:
     for ix in g.indexes:
         size = sum(f["bytes"] for s in g.segments for f in entry_files(s["faiss"][index_key(ix)]))  # + .ivfdata
         click.echo(f"index: dim {ix['dim']} {ix['kind']} ({size:,} bytes)")
+    if g.settings.get("bm25") is not None:  # --- hybrid
+        click.echo(f"bm25: per-segment postings, {g.settings['bm25']}")
 
 
 @cli.command()
@@ -334,8 +366,10 @@ def verify(index_dir) -> None:
 @MODEL_OVERRIDE
 @DTYPE_OPTION
 @AGGREGATE_OPTION
+@hybrid_options
 @CHECKS_OPTION
-def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, model, dtype, aggregate, checks) -> None:
+def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, model, dtype, aggregate, hybrid,
+             hybrid_weight, rrf_k, hybrid_depth, checks) -> None:
     """nDCG@10, Recall@100 and MRR@10 of an index on queries + qrels (trec_eval semantics)."""
     from .evaluate import evaluate_run, format_metrics, retrieve, write_trec_run
     from .searcher import Searcher
@@ -343,7 +377,8 @@ def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, mo
 
     judged = read_qrels(qrels or queries)
     with Searcher(index_dir, dim=dim, device=device, model=model, dtype=_dtype(dtype), checks=checks) as searcher:
-        run = retrieve(searcher, read_queries(queries), k, rerank_dim=rerank_dim, aggregate=aggregate)
+        run = retrieve(searcher, read_queries(queries), k, rerank_dim=rerank_dim, aggregate=aggregate,
+                       hybrid=_fusion(hybrid, hybrid_weight, rrf_k, hybrid_depth))
     if run_path:
         write_trec_run(run_path, run)
     click.echo(format_metrics(evaluate_run(run, judged)))

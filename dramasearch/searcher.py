@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from .index.snapshot import Snapshot, StoredDocument
 from .index.writer import index_key
 from .matryoshka import prepare
 from .models import load_encoder
+
+if TYPE_CHECKING:
+    from .hybrid import Fusion
 
 CHUNK_DEPTH = 20  # chunk rows fetched per requested document before aggregating
 MAX_CHUNK_DEPTH = 20_000  # chunk mode never deepens past this many rows (or CHUNK_DEPTH * 16 * k)
@@ -242,12 +245,15 @@ class Searcher:
         candidates: int | None = None,
         aggregate: str | None = None,
         with_fields: bool = True,
+        hybrid: "str | Fusion | None" = None,
     ) -> list[list[Hit]]:
         """Top-k hits per query.
 
         `rerank_dim` re-scores `candidates` (default max(10k, 100)) rows at that dim. In a chunk-mode
         index, chunks are aggregated per document (`aggregate`: maxp, first or sum; default: the
         build's choice) and each document is returned once, with its best passage.
+        `hybrid` ("rrf", "linear", "bm25" or a hybrid.Fusion; index built with --bm25) fuses the
+        dense document ranking with BM25 (see dramasearch/hybrid.py).
         """
         queries = validate.queries(queries)
         with self._use() as state:
@@ -255,6 +261,12 @@ class Searcher:
             if encoder is None:
                 raise ModelLoadError(f"{self.root} holds imported vectors without an encoder: use search_vectors(), "
                                      "or open it with Searcher(..., model=NAME) / --model NAME")
+            if hybrid is not None:  # --- hybrid / BM25 search (dramasearch/hybrid.py) ---
+                from .hybrid import hybrid_search
+
+                dense = lambda depth: self._search(state, encoder.encode_queries(list(queries), show_progress=False),
+                                                   depth, rerank_dim, candidates, aggregate, with_fields)
+                return hybrid_search(state[0], list(queries), k, hybrid, dense, with_fields)
             vectors = encoder.encode_queries(list(queries), show_progress=False)
             return self._search(state, vectors, k, rerank_dim, candidates, aggregate, with_fields)
 

@@ -1,6 +1,7 @@
 """Damage is detected, never searched, and a rerun of build-index repairs it.
 
-For every kind of file in a chunk-mode index (so chunk spans are covered too), three kinds of
+For every kind of file in a chunk-mode index with BM25 postings (so chunk spans and the lexical
+files are covered too), three kinds of
 damage: one flipped bit, a truncation, and a swap with the same file of another index built
 from a different corpus of the same shape (so many swapped files have the right size and only
 their checksums tell). Each case must fail at open with a message naming the file, be listed
@@ -24,24 +25,26 @@ from dramasearch.searcher import Searcher
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = ["how do I keep a sourdough starter alive", "tomato plants in pots", "fixing a flat bicycle tire"]
 DAMAGE = ("flip", "truncate", "swap")
+SHIFT = str.maketrans("abcdefghijklmnopqrstuvwxyz", "bcdefghijklmnopqrstuvwxyza")
 
 
 def _settings(corpus: Path, out: Path) -> BuildSettings:
     return BuildSettings(corpus=str(corpus), output=str(out), model="minilm", dims=(384, 64), index_kind="flat",
                          store_text=True, shard_size=10, long_doc="chunk", chunk_tokens=32, stride=8,
-                         dtype="fp32", show_progress=False)
+                         dtype="fp32", bm25=True, show_progress=False)
 
 
 def _other_corpus(path: Path) -> Path:
     """Same number of documents and shard byte totals, other contents: each shard's ids and texts
-    are rotated by one place (so offsets differ), ids upper-cased and words reversed."""
+    are rotated by one place (so offsets differ), ids upper-cased, words reversed and their letters
+    shifted (so the BM25 vocabulary differs too)."""
     records = [json.loads(line) for line in (REPO / "examples" / "tiny" / "corpus.jsonl").read_text().splitlines()]
     originals = [dict(r) for r in records]
     for i, r in enumerate(records):
         source = originals[i // 10 * 10 + (i + 1) % 10]
         r["_id"] = source["_id"].upper()
         r["title"] = source["title"]
-        r["text"] = " ".join(reversed(source["text"].split(" ")))
+        r["text"] = " ".join(reversed(source["text"].split(" "))).translate(SHIFT)
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
 
@@ -74,7 +77,9 @@ def test_every_kind_of_file_is_covered(indexes):
     expected = {"dramasearch-index.json", "generations/N.json", "segments/seg-N/segment.json",
                 "segments/seg-N/lookup.npy", "segments/seg-N/docrows.npy", "segments/seg-N/dim384-flat.faiss",
                 "segments/seg-N/dim64-flat.faiss"} | {f"segments/seg-N/N.{s}" for s in (
-                    "json", "vec.npy", "ids.bin", "ids.off.npy", "docs.bin", "docs.off.npy", "hash.npy", "rows.npy")}
+                    "json", "vec.npy", "ids.bin", "ids.off.npy", "docs.bin", "docs.off.npy", "hash.npy", "rows.npy")} \
+        | {f"segments/seg-N/bm25.{s}" for s in (
+            "json", "terms.bin", "terms.off.npy", "ptr.npy", "docs.npy", "tf.npy", "len.npy")}
     assert kinds == expected
 
 

@@ -23,6 +23,7 @@ from ..models import DEFAULT_MODEL, load_encoder
 from .faiss_index import choose_spec
 from .generation import Generation, IndexDir, _now
 from .files import sha256_bytes
+from .lexical import LexicalConfig, tokenizer, write_from_documents
 from .records import record_bytes
 from .segment import read_segment_info, seal_segment
 from .snapshot import verify_index
@@ -57,6 +58,8 @@ class BuildSettings:
     chunk_tokens: int | None = None  # chunk mode: window length in text tokens (default: min(512, what fits))
     stride: int = 64  # chunk mode: tokens shared by consecutive windows
     aggregate: str = "maxp"  # chunk mode: default per-document aggregation at search time
+    bm25: bool = False  # also keep BM25 postings per segment (lexical.py) for hybrid search
+    bm25_stemmer: str | None = "english"  # a PyStemmer (Snowball) language, or None for no stemming
     show_progress: bool = True
     memory_budget: int | None = None  # scale: bytes for `auto` to fit (default: half the available RAM)
     use_gpu: bool | None = None  # scale: FAISS on GPU; None: if FAISS sees one (unless DRAMASEARCH_NO_GPU=1)
@@ -144,6 +147,9 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
             raise UsageError("devices", "several devices need one model load per worker; pass no encoder with them")
         idx.create()
         _encode_on_devices(settings)
+    lexical = LexicalConfig(stemmer=settings.bm25_stemmer) if settings.bm25 else None  # --- hybrid: BM25 postings beside the vectors
+    if lexical is not None:
+        tokenizer(lexical)  # a missing bm25s / PyStemmer fails now, not after encoding
     encoder = encoder or load_encoder(
         settings.model, device=_first(settings.devices), dtype=DTYPES[settings.dtype], max_length=settings.max_length,
         compile=settings.compile,
@@ -182,12 +188,16 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
         if committed is not None:
             specs = committed.indexes
         info = seal_segment(folder, BUILD_SEGMENT, infos, encoder.dim, settings.long_doc == "chunk")
+        extra = {}
+        if lexical is not None:  # --- hybrid
+            write_from_documents(folder, _documents(settings), lexical)
+            extra["bm25"] = lexical.to_dict()
         ref = new_ref(folder, info, 0, specs, encoder.spec.normalize, settings.use_gpu)
         number = (latest or 0) + 1
         generation = Generation(
             generation=number, parent=latest, operation="repair" if repairing else "build", created=_now(),
             encoder=encoder.spec.to_dict(),
-            settings=settings.rows(encoder).to_dict() | {"corpus": settings.corpus, "build_key": key},
+            settings=settings.rows(encoder).to_dict() | {"corpus": settings.corpus, "build_key": key} | extra,
             indexes=specs, segments=[dataclasses.asdict(ref)], next_key=info.rows, next_segment=1,
         )
         idx.commit(generation)
@@ -238,6 +248,9 @@ def _check_same_build(idx: IndexDir, settings: BuildSettings, generation: Genera
             f"{idx.root} holds a build made with other settings ({', '.join(changed)} differ); "
             "use a new output folder, or `dramasearch refresh` to re-encode with another model"
         )
+    if settings.bm25 != ("bm25" in generation.settings):  # --- hybrid
+        have = "with" if "bm25" in generation.settings else "without"
+        raise IndexFormatError(f"{idx.root} was built {have} --bm25; build into a new output folder to change that")
     if generation.operation not in ("build", "repair") or [s["name"] for s in generation.segments] != [BUILD_SEGMENT] \
             or generation.segments[0]["deleted"]:
         raise IndexFormatError(f"{idx.root} has changed since it was built (generation {generation.generation}, "

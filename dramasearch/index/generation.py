@@ -55,6 +55,7 @@ class SegmentRef:
     deletes: dict | None = None  # {"file", "bytes", "sha256"}: sorted int64 deleted rows (cumulative)
     faiss: dict[str, dict] = field(default_factory=dict)  # "dim256-flat" -> {"file", "bytes", "sha256"}
     info_sha256: str = ""  # of segment.json, so a swapped or edited segment record is found at open
+    lexical: dict | None = None  # {"file": "bm25.json", "bytes", "sha256"}: the BM25 sidecar (hybrid search)
 
 
 @dataclass

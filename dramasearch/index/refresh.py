@@ -17,6 +17,8 @@ from ..corpus import Document, iter_documents
 from ..encoder import DTYPES, Encoder
 from ..errors import IndexFormatError, InputError, UsageError
 from ..models import load_encoder
+from .lexical import carry_over, generation_config
+from .segment import read_shard_ids
 from .snapshot import Snapshot
 from .updates import UpdateReport, commit_segment, find_documents, writing
 from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, batched, document_hash, \
@@ -56,10 +58,21 @@ def refresh(index_dir: str | Path, model: str | None = None, *, encoder: Encoder
                                  show_progress=show_progress, batch_tokens=batch_tokens)
         settings = gen.settings | rows.to_dict() | {"refreshed_from": gen.encoder.get("name")}
         settings.pop("build_key", None)
+        lexical = generation_config(gen.settings)
+        if lexical is not None:  # --- hybrid: same documents, new numbering: carry their postings over
+            carry_over(folder, snap, _old_positions(snap, folder, infos), sum(i.documents for i in infos), lexical)
         new, info = commit_segment(idx, gen, "refresh", folder, infos, encoder.dim, rows.long_doc == "chunk",
                                    encoder.spec.normalize, [], encoder=encoder.spec.to_dict(), settings=settings)
     report.generation, report.added = new.generation, info.documents
     return report
+
+
+def _old_positions(snap: Snapshot, folder: Path, infos) -> Iterator[tuple[int, int]]:
+    """(segment, document) in `snap` of each document of the new segment, in its order."""
+    for info in infos:
+        ids = read_shard_ids(folder, info)
+        found = find_documents(snap, ids)
+        yield from (found[docid] for docid in ids)
 
 
 def _stored_documents(snap: Snapshot) -> Iterator[Document]:

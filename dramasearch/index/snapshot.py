@@ -19,6 +19,7 @@ from ..idhash import id_hash
 from .faiss_index import IndexSpec, load_index, search_params
 from .files import FileCache, file_problem, load_npy
 from .generation import IndexDir, SegmentRef, entry_files
+from .lexical import lexical_problems
 from .segment import SEGMENT_FILE, Segment, read_segment_info
 
 
@@ -64,6 +65,8 @@ class Snapshot:
         self._faiss: dict[tuple[int, str], faiss.Index] = {}
         self._previous_faiss = previous._faiss_by_file() if previous else {}
         self._lock = threading.Lock()
+        self._lexical = None  # --- hybrid: BM25 side (lexical.py), loaded on first use
+        self._previous_lexical = previous._lexical if previous else None
 
     @property
     def number(self) -> int:
@@ -188,6 +191,17 @@ class Snapshot:
         take = lambda a: np.take_along_axis(a, order, axis=1)
         return take(scores), take(segs), take(rows)
 
+    # --- lexical (indexes built with --bm25) ---------------------------------------------------
+    def lexical(self):
+        """The BM25 side of this generation (lexical.LexicalReader); an error names the fix if absent."""
+        with self._lock:
+            if self._lexical is None:
+                from .lexical import LexicalReader
+
+                self._lexical = LexicalReader(self, self._previous_lexical)
+                self._previous_lexical = None
+            return self._lexical
+
     # --- documents -----------------------------------------------------------------------------
     def find(self, docid: str) -> tuple[int, int] | None:
         """(segment position, document number) of the live document `docid`, newest segment first."""
@@ -223,17 +237,23 @@ class Snapshot:
 
     def problems(self, full: bool, cached: bool = True) -> list[str]:
         """Everything wrong with the generation's files (sizes, headers, counts; checksums when `full`)."""
+        lexical = self.settings.get("bm25") is not None
         return [p for segment, ref in zip(self.segments, self.refs)
-                for p in segment_problems(segment, ref, self.number, full, cached)]
+                for p in segment_problems(segment, ref, self.number, full, cached, lexical)]
 
 
-def segment_problems(segment: Segment, ref: SegmentRef, number: int, full: bool, cached: bool = True) -> list[str]:
+def segment_problems(segment: Segment, ref: SegmentRef, number: int, full: bool, cached: bool = True,
+                     lexical: bool = False) -> list[str]:
     if segment.info.rows != ref.rows or segment.info.documents != ref.documents:
         return [f"{segment.folder / SEGMENT_FILE}: {segment.info.rows} rows, {segment.info.documents} documents; "
                 f"generation {number} records {ref.rows} and {ref.documents}"]
     found = segment.problems(full, cached) + (segment.sidecar_problems() if full else [])
     for entry in ([ref.deletes] if ref.deletes else []) + [f for e in ref.faiss.values() for f in entry_files(e)]:
         found.append(file_problem(segment.folder / entry["file"], entry, full, cached))
+    if lexical:  # the segment's BM25 postings (hybrid search): the sidecar as recorded, then its files
+        sidecar = file_problem(segment.folder / ref.lexical["file"], ref.lexical, full, cached) if ref.lexical \
+            else f"{segment.folder}: generation {number} records no BM25 sidecar for this segment"
+        found += [sidecar] if sidecar else lexical_problems(segment.folder, full, cached)
     return [p for p in found if p]
 
 
@@ -252,7 +272,8 @@ def verify_index(root: str | Path, generation: int | None = None) -> tuple[int, 
             except IndexDamagedError as exc:
                 found.append(str(exc).splitlines()[0])
                 continue
-            found += segment_problems(segment, ref, gen.generation, full=True, cached=False)
+            found += segment_problems(segment, ref, gen.generation, full=True, cached=False,
+                                      lexical=gen.settings.get("bm25") is not None)
         return gen.generation, found
     finally:
         cache.close()

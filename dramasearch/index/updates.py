@@ -25,6 +25,7 @@ from ..models import load_encoder
 from .faiss_index import choose_spec
 from .files import file_sha256, npy_bytes
 from .generation import Generation, IndexDir, gen_name
+from .lexical import carry_over, generation_config, write_from_documents
 from .segment import SegmentInfo, ShardData, read_shard_info, seal_segment, shard_is_whole, write_shard
 from .snapshot import Snapshot
 from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, build_segment_faiss, \
@@ -170,6 +171,9 @@ def add_documents(index_dir: str | Path, corpus: str | Path, *, upsert: bool = F
         report.segment = SegmentReport()
         infos = encode_documents(folder, docs(), encoder, rows, shard_size, report.segment, show_progress=show_progress)
         kept = _tombstones(snap, idx, gen.generation + 1, existing.values())
+        lexical = generation_config(gen.settings)
+        if lexical is not None:  # --- hybrid: the new segment's BM25 postings, from the same documents
+            write_from_documents(folder, docs(), lexical)
         new, info = commit_segment(idx, gen, "add", folder, infos, encoder.dim, rows.long_doc == "chunk",
                                    encoder.spec.normalize, kept)
     report.generation, report.added, report.replaced = new.generation, info.documents, len(existing)
@@ -229,6 +233,10 @@ def compact(index_dir: str | Path, shard_size: int = DEFAULT_SHARD_SIZE) -> Upda
                 infos.append(existing)
                 number += 1
         chunked = bool(snap.segments) and snap.segments[0].info.chunked
+        lexical = generation_config(gen.settings)
+        if lexical is not None:  # --- hybrid: carry the live documents' postings over, in the same order
+            order = ((i, doc) for i in range(len(snap.segments)) for doc, _, _ in snap.live_documents(i))
+            carry_over(folder, snap, order, sum(info.documents for info in infos), lexical)
         new, _ = commit_segment(idx, gen, "compact", folder, infos, gen.encoder["dim"], chunked,
                                 gen.encoder.get("normalize", True), [])
     report.generation = new.generation

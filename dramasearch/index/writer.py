@@ -28,6 +28,7 @@ from ..idhash import id_hash
 from .faiss_index import DISK_KINDS, build_index as build_faiss, save_index, segment_spec
 from .files import FileCache, file_sha256
 from .generation import IndexDir, SegmentRef
+from .lexical import SIDECAR as LEXICAL_SIDECAR
 from .ondisk import build_ondisk
 from .records import read_record, record_bytes
 from .segment import SEGMENT_FILE, Segment, SegmentInfo, ShardData, ShardInfo, read_shard_info, shard_is_whole, write_shard
@@ -215,5 +216,8 @@ def new_ref(folder: Path, info: SegmentInfo, base: int, specs: Sequence[dict], n
     """A sealed segment with a FAISS file per index spec, ready to list in a generation."""
     faiss_files = {index_key(s): build_segment_faiss(folder, info, s["kind"], s["dim"], normalize, use_gpu)
                    for s in specs}
+    sidecar = folder / LEXICAL_SIDECAR  # written before the ref when the index keeps BM25 postings
+    lexical = {"file": sidecar.name, "bytes": sidecar.stat().st_size, "sha256": file_sha256(sidecar)} \
+        if sidecar.is_file() else None
     return SegmentRef(name=info.name, base=base, rows=info.rows, documents=info.documents, faiss=faiss_files,
-                      info_sha256=file_sha256(folder / SEGMENT_FILE))
+                      info_sha256=file_sha256(folder / SEGMENT_FILE), lexical=lexical)
