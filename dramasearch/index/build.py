@@ -10,6 +10,7 @@ The shard files of the build's segment serve three needs:
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -17,11 +18,13 @@ from typing import Sequence
 from ..aggregate import AGGREGATIONS
 from ..corpus import iter_documents
 from ..encoder import DTYPES, Encoder
-from ..errors import IndexFormatError
+from ..errors import IndexFormatError, UsageError
+from ..fsutil import atomic_write_bytes
 from ..models import DEFAULT_MODEL, load_encoder
 from .faiss_index import choose_spec
 from .generation import Generation, IndexDir, _now
-from .segment import read_segment_info, seal_segment
+from .ray_backend import BACKENDS, RayOptions
+from .segment import ShardInfo, read_segment_info, seal_segment
 from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, batched, check_dims, content_sha256, \
     encode_documents, finish_work, index_key, new_ref, read_work, segment_name, start_work
 
@@ -54,6 +57,8 @@ class BuildSettings:
     stride: int = 64  # chunk mode: tokens shared by consecutive windows
     aggregate: str = "maxp"  # chunk mode: default per-document aggregation at search time
     show_progress: bool = True
+    backend: str = "local"  # "local" (this process, or one per --devices) or "ray" (an actor pool, ray_backend.py)
+    ray: RayOptions = RayOptions()  # backend "ray": cluster address and pool shape
 
     def rows(self, encoder: Encoder) -> RowSettings:
         chunked = self.long_doc == "chunk"
@@ -79,6 +84,13 @@ class BuildSettings:
             raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {self.aggregate!r}")
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.backend not in BACKENDS:
+            raise UsageError("backend", f"must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "ray":
+            self.ray.check()
+            if self.devices:
+                raise UsageError("devices", "the Ray backend places its actors itself: use ray GPUs per actor "
+                                            "(--ray-gpus) instead of --devices")
 
 
 @dataclass
@@ -103,7 +115,7 @@ class BuildReport(SegmentReport):
         if self.complete:
             lines.append(f"  committed generation {self.generation}")
         else:
-            lines.append("  shard slice done: run build-index without --shard to assemble the index")
+            lines.append(f"  shard slice done: `dramasearch merge {self.output}` assembles the index once every slice is")
         return "\n".join(lines)
 
 
@@ -119,6 +131,9 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
             raise ValueError("several devices need one model load per worker; pass no encoder with devices")
         idx.create()
         _encode_on_devices(settings)
+    if settings.backend == "ray" and encoder is None:  # ray hook: the driver loads the model for its spec only
+        from .ray_backend import driver_encoder
+        encoder = driver_encoder(settings)
     encoder = encoder or load_encoder(
         settings.model, device=_first(settings.devices), dtype=DTYPES[settings.dtype], max_length=settings.max_length,
         compile=settings.compile,
@@ -133,30 +148,92 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
         return _rebuild_committed(idx, settings, encoder, key, report, latest)
     _check_work_key(idx, key)
     folder = start_work(idx, "build", BUILD_SEGMENT, key)
-    infos = encode_documents(folder, _documents(settings), encoder, settings.rows(encoder), settings.shard_size,
-                             report, owns=_owner(settings.shard), show_progress=settings.show_progress,
-                             batch_tokens=settings.batch_tokens)
+    if settings.backend == "ray":  # ray hook: the same shards, encoded by a Ray actor pool
+        from .ray_backend import encode_on_ray
+        infos = encode_on_ray(folder, _documents(settings), encoder, settings, report, _owner(settings.shard))
+    else:
+        infos = encode_documents(folder, _documents(settings), encoder, settings.rows(encoder), settings.shard_size,
+                                 report, owns=_owner(settings.shard), show_progress=settings.show_progress,
+                                 batch_tokens=settings.batch_tokens)
     if settings.shard is not None:
+        write_plan(idx, BuildPlan(settings.corpus, dims, settings.index_kind, key, report.shard_digests,
+                                  settings.shard[1]))
         return report
+    return assemble(idx, BuildPlan(settings.corpus, dims, settings.index_kind, key, report.shard_digests), infos,
+                    report)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What assembling the build's segment needs besides its shards: no corpus, no model."""
+
+    corpus: str
+    dims: tuple[int, ...]
+    index_kind: str
+    key: dict  # BuildSettings.content_key(): encoder spec, row settings, shard size, fields
+    digests: list[str]  # content_sha256 of every shard slice, in order
+    runs: int = 1  # N of the `--shard I/N` runs (shard j belongs to run j % N)
+
+
+def _plan_path(idx: IndexDir):
+    return idx.work / f"{BUILD_SEGMENT}.plan.json"
+
+
+def write_plan(idx: IndexDir, plan: BuildPlan) -> None:
+    """Every `--shard I/N` run records the plan (all runs write the same one), so `merge` needs no corpus."""
+    record = dataclasses.asdict(plan) | {"segment": BUILD_SEGMENT}  # "segment": cleanup keeps it, like a work record
+    atomic_write_bytes(_plan_path(idx), json.dumps(record, indent=1).encode())
+
+
+def read_plan(idx: IndexDir) -> BuildPlan | None:
+    path = _plan_path(idx)
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw.pop("segment")
+        return BuildPlan(**raw | {"dims": tuple(raw["dims"])})
+    except (ValueError, TypeError, KeyError) as exc:
+        raise IndexFormatError(f"{path}: damaged build plan ({exc}); rerun one --shard I/N run to rewrite it") from None
+
+
+def assemble(idx: IndexDir, plan: BuildPlan, infos: Sequence[ShardInfo | None], report: BuildReport) -> BuildReport:
+    """Seal the build's segment, FAISS per dim, then commit generation 1 (the only visible step)."""
     missing = [n for n, info in enumerate(infos) if info is None]
     if missing:
-        raise IndexFormatError(f"{idx.root}: shards {missing[:10]} are not encoded yet; finish every --shard I/N run first")
+        owners = sorted({n % plan.runs for n in missing})
+        where = f" (owned by --shard {', '.join(f'{i}/{plan.runs}' for i in owners)})" if plan.runs > 1 else ""
+        raise IndexFormatError(f"{idx.root}: {len(missing)} of {len(infos)} shards are not encoded yet: "
+                               f"{_numbers(missing)}{where}; finish every --shard I/N run first")
+    spec, rows_settings = plan.key["encoder"], RowSettings.from_dict(plan.key)
+    folder = idx.segments / BUILD_SEGMENT
     with idx.writer():
         rows = sum(i.rows for i in infos)
-        specs = [{"dim": d, "kind": choose_spec(settings.index_kind, d, rows).kind} for d in dims]
-        info = seal_segment(folder, BUILD_SEGMENT, infos, encoder.dim, settings.long_doc == "chunk")
-        ref = new_ref(folder, info, 0, specs, encoder.spec.normalize)
+        specs = [{"dim": d, "kind": choose_spec(plan.index_kind, d, rows).kind} for d in plan.dims]
+        info = seal_segment(folder, BUILD_SEGMENT, infos, spec["dim"], rows_settings.long_doc == "chunk")
+        ref = new_ref(folder, info, 0, specs, spec["normalize"])
         generation = Generation(
-            generation=1, parent=None, operation="build", created=_now(), encoder=encoder.spec.to_dict(),
-            settings=settings.rows(encoder).to_dict() | {"corpus": settings.corpus, "build_key": key},
+            generation=1, parent=None, operation="build", created=_now(), encoder=spec,
+            settings=rows_settings.to_dict() | {"corpus": plan.corpus, "build_key": plan.key},
             indexes=specs, segments=[dataclasses.asdict(ref)], next_key=info.rows, next_segment=1,
         )
         idx.commit(generation)
         finish_work(idx, BUILD_SEGMENT)
+        _plan_path(idx).unlink(missing_ok=True)
         idx.collect_garbage()
     report.indexes = _index_sizes(specs, ref)
     report.generation, report.complete = 1, True
     return report
+
+
+def _numbers(numbers: list[int]) -> str:
+    """Shard numbers as ranges: 0-3, 7, 9-12."""
+    ranges, start = [], numbers[0]
+    for prev, cur in zip(numbers, numbers[1:] + [None]):
+        if cur != prev + 1:
+            ranges.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = cur
+    return ", ".join(ranges)
 
 
 def _index_sizes(specs: list[dict], ref) -> list[dict]:
