@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from dramasearch import Searcher
-from dramasearch.errors import IndexFormatError, UsageError
+from dramasearch.errors import IndexFormatError, ModelLoadError, UsageError
 from dramasearch.index.build import BuildSettings, build_index
 from dramasearch.index.generation import IndexDir
 from dramasearch.index.merge import merge_index
@@ -86,6 +86,21 @@ def test_ray_build_resumes_shards_and_equals_a_local_build(ray_cluster, local_in
     assert second.complete and second.documents == 30 and second.rows == 30
     _assert_same_index(out, local_index)
     assert build_index(ray_settings, minilm).shards_encoded == []  # a rerun of a committed index encodes nothing
+
+
+def test_a_node_that_loads_another_model_fails_the_build_with_its_reason(minilm):
+    """The actor's check and the driver's side of it (Ray itself would pass an actor's exception as text)."""
+    import torch
+
+    from dramasearch.index.ray_backend import _check_same_model, _from_row
+    from dramasearch.models import load_encoder
+
+    shorter = load_encoder("minilm", device="cpu", dtype=torch.float32, max_length=64)
+    with pytest.raises(ModelLoadError, match=r"max_length 64 here, 256 on the driver") as failure:
+        _check_same_model(shorter.spec.to_dict(), minilm.spec.to_dict(), "minilm")
+    _check_same_model(minilm.spec.to_dict(), minilm.spec.to_dict(), "minilm")  # the same model passes
+    with pytest.raises(ModelLoadError, match="loads as another model"):
+        _from_row({"shard": 3, "failure": str(failure.value)})
 
 
 def test_ray_refuses_gpus_the_cluster_lacks(ray_cluster, tmp_path):

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..corpus import Document
 from ..encoder import DTYPES, Encoder
-from ..errors import IndexFormatError, ModelLoadError, UsageError
+from ..errors import DramaSearchError, ModelLoadError, UsageError
 from ..models import load_encoder
 from .segment import ShardData, ShardInfo, write_shard
 from .writer import RowSettings, SegmentReport, batched, content_sha256, encode_shard, remove_stale_sidecars, \
@@ -138,8 +138,9 @@ def _encoded(pending: list, encoder: Encoder, settings: "BuildSettings") -> Iter
     try:
         for row in dataset.iter_rows():
             yield _from_row(row)
-    except ray.exceptions.RayError as exc:
-        raise _user_error(exc) from None
+    except ray.exceptions.RayError as exc:  # a dead node or actor: exit 1, not a bug, and what to do next
+        raise DramaSearchError(f"Ray encoding failed; the shards already written are kept, rerun to resume: {exc}") \
+            from exc
 
 
 def _pool_size(options: RayOptions, resources: dict) -> int:
@@ -155,16 +156,6 @@ def _pool_size(options: RayOptions, resources: dict) -> int:
     return max(1, int(resources.get("CPU", 1) // options.cpus))
 
 
-def _user_error(exc: Exception) -> Exception:
-    """The actor's own error (a model that differs on a node, a bad model folder) rather than Ray's wrapper."""
-    cause = exc
-    while cause is not None:
-        if isinstance(cause, (ModelLoadError, IndexFormatError)):
-            return cause
-        cause = getattr(cause, "cause", None) or cause.__cause__
-    return IndexFormatError(f"Ray encoding failed; shards already written are kept, rerun to resume: {exc}")
-
-
 class _ShardEncoder:
     """A Ray actor: loads the model once, then encodes one shard (one Arrow row) per call."""
 
@@ -174,17 +165,22 @@ class _ShardEncoder:
         device = "cuda" if settings.ray.gpus > 0 else "cpu"
         if device == "cpu":
             torch.set_num_threads(max(1, int(settings.ray.cpus)))
-        self.encoder = load_encoder(settings.model, device=device, dtype=getattr(torch, dtype),
-                                    max_length=settings.max_length, compile=settings.compile)
-        if self.encoder.spec.to_dict() != spec:
-            mine, theirs = self.encoder.spec.fingerprint, spec["fingerprint"]
-            raise ModelLoadError(f"node {socket.gethostname()}: {settings.model!r} loads as another model (fingerprint "
-                                 f"{mine}, the driver's is {theirs}); every node needs the same model files")
         self.rows = rows
         self.batch_tokens = settings.batch_tokens
+        # Ray passes an actor's exception to the driver as text only (its class is lost), so a
+        # failed load is kept and sent back as data by every call; the driver raises it.
+        self.failure = ""
+        try:
+            self.encoder = load_encoder(settings.model, device=device, dtype=getattr(torch, dtype),
+                                        max_length=settings.max_length, compile=settings.compile)
+            _check_same_model(self.encoder.spec.to_dict(), spec, settings.model)
+        except ModelLoadError as exc:
+            self.failure = str(exc)
 
     def __call__(self, batch: dict) -> dict:
         number = int(batch["shard"][0])
+        if self.failure:
+            return {"shard": [number], "failure": [self.failure]}
         docs = [Document(_text(i), _text(t), _text(x)) for i, t, x in zip(batch["ids"][0], batch["titles"][0],
                                                                        batch["texts"][0])]
         data, stats = encode_shard(self.encoder, self.rows, docs, False, self.batch_tokens)
@@ -195,8 +191,16 @@ class _ShardEncoder:
             "chunked": [data.chunk_rows is not None], "chunk_rows": [chunks],
             "hashes": [np.asarray(data.content_hashes, dtype=np.uint64).tobytes()],
             "ids": [[_binary(i) for i in data.ids]], "titles": [[_binary(t) for t, _ in data.fields]],
-            "texts": [[_binary(x) for _, x in data.fields]], **{k: [v] for k, v in stats.items()},
+            "texts": [[_binary(x) for _, x in data.fields]], **{k: [v] for k, v in stats.items()}, "failure": [""],
         }
+
+
+def _check_same_model(mine: dict, driver: dict, model: str) -> None:
+    """Every node must encode with the driver's model: the build key records only the driver's."""
+    changed = [f"{k} {mine[k]!r} here, {driver[k]!r} on the driver" for k in driver if mine.get(k) != driver[k]]
+    if changed:
+        raise ModelLoadError(f"node {socket.gethostname()}: {model!r} loads as another model ({'; '.join(changed)}); "
+                             "every node needs the same model files and settings")
 
 
 def _shard_table(number: int, digest: str, docs: list[Document]):
@@ -212,6 +216,8 @@ def _shard_table(number: int, digest: str, docs: list[Document]):
 
 
 def _from_row(row: dict) -> tuple[int, str, ShardData, dict]:
+    if row["failure"]:
+        raise ModelLoadError(row["failure"])
     vectors = np.frombuffer(row["vectors"], dtype=np.float16).reshape(-1, int(row["dim"]))
     chunk_rows = np.frombuffer(row["chunk_rows"], dtype=np.int64).reshape(-1, 4) if row["chunked"] else None
     data = ShardData(vectors=vectors, ids=[_text(i) for i in row["ids"]],
