@@ -140,12 +140,24 @@ def cli(debug: bool) -> None:
 @click.option("--id-field", default=None)
 @click.option("--title-field", default=None)
 @click.option("--text-field", default=None)
+# --- ray backend options (dramasearch/index/ray_backend.py)
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: encode on a Ray cluster (Ray Data actor pool); the index is the same as a local build's.")
+@click.option("--address", default=None, help="Ray cluster address (ray.init): auto, local, host:6379, "
+              "ray://host:10001 (default: RAY_ADDRESS, else a new local cluster).")
+@click.option("--ray-actors", type=int, default=None, help="Encoder actors (default: cluster GPUs / --ray-gpus, "
+              "or CPUs / --ray-cpus).")
+@click.option("--ray-cpus", type=float, default=1.0, show_default=True, help="CPUs per actor (its torch threads on CPU).")
+@click.option("--ray-gpus", type=float, default=0.0, show_default=True, help="GPUs per actor; > 0 encodes on CUDA.")
+# --- end ray backend options
 def build_index_cmd(corpus, output, model, dims, index_kind, memory_budget, no_gpu, max_length, store_text, shard,
                     shard_size, batch_tokens, devices, dtype, compile_model, long_doc, chunk_tokens, stride, aggregate,
-                    bm25, bm25_stemmer, id_field, title_field, text_field) -> None:
+                    bm25, bm25_stemmer, id_field, title_field, text_field, backend, address, ray_actors, ray_cpus,
+                    ray_gpus) -> None:
     """Encode CORPUS (BEIR folder, .jsonl[.gz], .tsv, .parquet, or a folder of .txt/.md) into an index."""
     from .index.budget import parse_size
     from .index.build import BuildSettings, build_index
+    from .index.ray_backend import RayOptions
 
     settings = BuildSettings(
         corpus=corpus, output=output, model=model, dims=dims or (), index_kind=index_kind,
@@ -156,8 +168,18 @@ def build_index_cmd(corpus, output, model, dims, index_kind, memory_budget, no_g
         bm25_stemmer=None if bm25_stemmer.lower() == "none" else bm25_stemmer,
         id_field=id_field, title_field=title_field, text_field=text_field,
         memory_budget=parse_size(memory_budget) if memory_budget else None, use_gpu=False if no_gpu else None,
+        backend=backend, ray=RayOptions(address=address, actors=ray_actors, cpus=ray_cpus, gpus=ray_gpus),
     )
     click.echo(build_index(settings).summary())
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+def merge(index_dir) -> None:
+    """Assemble the shards written by `build-index --shard I/N` runs (no encoding); lists any missing."""
+    from .index.merge import merge_index
+
+    click.echo(merge_index(index_dir).summary())
 
 
 @cli.command("add-dim")

@@ -424,7 +424,7 @@ def test_shard_runs_then_assembly_equal_single_build(baseline, searcher, minilm,
     folder = IndexDir(settings.output)
     first = build_index(dataclasses.replace(settings, shard=(0, 2)), encoder=minilm)
     assert first.shards_encoded == [0, 2, 4, 6, 8] and not first.complete
-    assert "run build-index without --shard" in first.summary()
+    assert f"dramasearch merge {settings.output}" in first.summary()
     assert folder.latest() is None
     second = build_index(dataclasses.replace(settings, shard=(1, 2)), encoder=minilm)
     assert second.shards_encoded == [1, 3, 5, 7] and second.shards_reused == 5 and not second.complete

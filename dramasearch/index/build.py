@@ -20,12 +20,14 @@ from ..corpus import iter_documents
 from ..encoder import DTYPES, Encoder
 from ..errors import IndexDamagedError, IndexFormatError, InputError, UsageError
 from ..models import DEFAULT_MODEL, load_encoder
+from ..fsutil import atomic_write_bytes
 from .faiss_index import choose_spec
-from .generation import Generation, IndexDir, _now
 from .files import sha256_bytes
+from .generation import Generation, IndexDir, _now
 from .lexical import LexicalConfig, tokenizer, write_from_documents
-from .records import record_bytes
-from .segment import read_segment_info, seal_segment
+from .ray_backend import BACKENDS, RayOptions
+from .records import read_record, record_bytes
+from .segment import ShardInfo, read_segment_info, seal_segment
 from .snapshot import verify_index
 from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, batched, content_sha256, \
     encode_documents, finish_work, index_key, new_ref, read_work, segment_name, start_work
@@ -63,6 +65,8 @@ class BuildSettings:
     show_progress: bool = True
     memory_budget: int | None = None  # scale: bytes for `auto` to fit (default: half the available RAM)
     use_gpu: bool | None = None  # scale: FAISS on GPU; None: if FAISS sees one (unless DRAMASEARCH_NO_GPU=1)
+    backend: str = "local"  # "local" (this process, or one per --devices) or "ray" (an actor pool, ray_backend.py)
+    ray: RayOptions = RayOptions()  # backend "ray": cluster address and pool shape
 
     def rows(self, encoder: Encoder) -> RowSettings:
         chunked = self.long_doc == "chunk"
@@ -104,6 +108,12 @@ class BuildSettings:
             index, count = self.shard
             validate.integer("shard", count)
             validate.integer("shard", index, minimum=0, maximum=count - 1)
+        validate.choice("backend", self.backend, BACKENDS)
+        if self.backend == "ray":
+            self.ray.check()
+            if self.devices:
+                raise UsageError("devices", "the Ray backend places its actors itself: use ray GPUs per actor "
+                                            "(--ray-gpus) instead of --devices")
 
 
 @dataclass
@@ -129,7 +139,7 @@ class BuildReport(SegmentReport):
         if self.complete:
             lines.append(f"  committed generation {self.generation}" + (" (repaired damaged files)" if self.repaired else ""))
         else:
-            lines.append("  shard slice done: run build-index without --shard to assemble the index")
+            lines.append(f"  shard slice done: `dramasearch merge {self.output}` assembles the index once every slice is")
         return "\n".join(lines)
 
 
@@ -137,7 +147,11 @@ BUILD_SEGMENT = segment_name(0)
 
 
 def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> BuildReport:
-    """Encode what is missing, then FAISS per dim, then commit generation 1 (the only visible step)."""
+    """Encode what is missing, then FAISS per dim, then commit generation 1 (the only visible step).
+
+    A rerun on a committed index checks every file: intact, it does nothing; damaged, it
+    re-encodes only the damaged shards and commits a `repair` generation.
+    """
     settings.check()
     idx = IndexDir(settings.output)
     if idx.is_index() or (idx.generations.is_dir() and idx.segments.is_dir()):
@@ -150,6 +164,9 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
     lexical = LexicalConfig(stemmer=settings.bm25_stemmer) if settings.bm25 else None  # --- hybrid: BM25 postings beside the vectors
     if lexical is not None:
         tokenizer(lexical)  # a missing bm25s / PyStemmer fails now, not after encoding
+    if settings.backend == "ray" and encoder is None:  # ray hook: the driver loads the model for its spec only
+        from .ray_backend import driver_encoder
+        encoder = driver_encoder(settings)
     encoder = encoder or load_encoder(
         settings.model, device=_first(settings.devices), dtype=DTYPES[settings.dtype], max_length=settings.max_length,
         compile=settings.compile,
@@ -171,42 +188,116 @@ def build_index(settings: BuildSettings, encoder: Encoder | None = None) -> Buil
         _check_work_key(idx, key)
     repairing = latest is not None
     folder = start_work(idx, "repair" if repairing else "build", BUILD_SEGMENT, key, keep=repairing)
-    infos = encode_documents(folder, _documents(settings), encoder, settings.rows(encoder), settings.shard_size,
-                             report, owns=_owner(settings.shard), show_progress=settings.show_progress,
-                             batch_tokens=settings.batch_tokens, key_sha256=sha256_bytes(record_bytes(key)),
-                             verify=repairing)
-    if settings.shard is not None:
-        return report
+    if settings.backend == "ray":  # ray hook: the same shards, encoded by a Ray actor pool
+        from .ray_backend import encode_on_ray
+        infos = encode_on_ray(folder, _documents(settings), encoder, settings, report, _owner(settings.shard))
+    else:
+        infos = encode_documents(folder, _documents(settings), encoder, settings.rows(encoder), settings.shard_size,
+                                 report, owns=_owner(settings.shard), show_progress=settings.show_progress,
+                                 batch_tokens=settings.batch_tokens, key_sha256=settings_digest(key),
+                                 verify=repairing)
     if not infos:
         raise InputError(settings.corpus, None, None, "holds no documents; an index needs at least one")
+    plan = BuildPlan(settings.corpus, dims, settings.index_kind, key, report.shard_digests,
+                     runs=settings.shard[1] if settings.shard else 1, memory_budget=settings.memory_budget,
+                     use_gpu=settings.use_gpu, bm25=lexical.to_dict() if lexical is not None else None)
+    if settings.shard is not None:
+        write_plan(idx, plan)
+        return report
+    return assemble(idx, plan, infos, report, committed, latest)
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What assembling the build's segment needs besides its shards: no model (the corpus only
+    for BM25 postings)."""
+
+    corpus: str
+    dims: tuple[int, ...]
+    index_kind: str
+    key: dict  # BuildSettings.content_key(): encoder spec, row settings, shard size, fields
+    digests: list[str]  # content_sha256 of every shard slice, in order
+    runs: int = 1  # N of the `--shard I/N` runs (shard j belongs to run j % N)
+    memory_budget: int | None = None
+    use_gpu: bool | None = None
+    bm25: dict | None = None  # LexicalConfig fields when the index keeps BM25 postings
+
+
+def _plan_path(idx: IndexDir):
+    return idx.work / f"{BUILD_SEGMENT}.plan.json"
+
+
+def write_plan(idx: IndexDir, plan: BuildPlan) -> None:
+    """Every `--shard I/N` run records the plan (all runs write the same one), so `merge` needs no model."""
+    record = dataclasses.asdict(plan) | {"segment": BUILD_SEGMENT}  # "segment": cleanup keeps it, like a work record
+    atomic_write_bytes(_plan_path(idx), record_bytes(record, indent=1))
+
+
+def read_plan(idx: IndexDir) -> BuildPlan | None:
+    path = _plan_path(idx)
+    if not path.is_file():
+        return None
+    try:
+        raw = read_record(path, "build plan")
+        raw.pop("segment")
+        return BuildPlan(**raw | {"dims": tuple(raw["dims"])})
+    except (IndexDamagedError, TypeError, KeyError) as exc:
+        raise IndexFormatError(f"{path}: damaged build plan ({str(exc).splitlines()[0]}); rerun one --shard I/N "
+                               "run to rewrite it") from None
+
+
+def settings_digest(key: dict) -> str:
+    """The hash of a build's content key, recorded in each shard it encodes (never reused under others)."""
+    return sha256_bytes(record_bytes(key))
+
+
+def assemble(idx: IndexDir, plan: BuildPlan, infos: Sequence[ShardInfo | None], report: BuildReport,
+             committed: Generation | None = None, latest: int | None = None) -> BuildReport:
+    """Seal the build's segment, FAISS per dim (and BM25 postings), then commit: generation 1, or
+    a `repair` generation after `latest` when a rerun found damage (the only visible step)."""
     missing = [n for n, info in enumerate(infos) if info is None]
     if missing:
-        raise IndexFormatError(f"{idx.root}: shards {missing[:10]} are not encoded yet; finish every --shard I/N run first")
+        owners = sorted({n % plan.runs for n in missing})
+        where = f" (owned by --shard {', '.join(f'{i}/{plan.runs}' for i in owners)})" if plan.runs > 1 else ""
+        raise IndexFormatError(f"{idx.root}: {len(missing)} of {len(infos)} shards are not encoded yet: "
+                               f"{_numbers(missing)}{where}; finish every --shard I/N run first")
+    spec, rows_settings = plan.key["encoder"], RowSettings.from_dict(plan.key)
+    folder = idx.segments / BUILD_SEGMENT
     with idx.writer():
         rows = sum(i.rows for i in infos)
-        specs = [{"dim": d, "kind": choose_spec(settings.index_kind, d, rows, settings.memory_budget).kind} for d in dims]
-        if committed is not None:
-            specs = committed.indexes
-        info = seal_segment(folder, BUILD_SEGMENT, infos, encoder.dim, settings.long_doc == "chunk")
+        specs = committed.indexes if committed is not None else [
+            {"dim": d, "kind": choose_spec(plan.index_kind, d, rows, plan.memory_budget).kind} for d in plan.dims]
+        info = seal_segment(folder, BUILD_SEGMENT, infos, spec["dim"], rows_settings.long_doc == "chunk")
         extra = {}
-        if lexical is not None:  # --- hybrid
-            write_from_documents(folder, _documents(settings), lexical)
-            extra["bm25"] = lexical.to_dict()
-        ref = new_ref(folder, info, 0, specs, encoder.spec.normalize, settings.use_gpu)
+        if plan.bm25 is not None:  # --- hybrid: postings from the same corpus, before the ref records them
+            fields = dict(zip(("id_field", "title_field", "text_field"), plan.key["fields"]))
+            write_from_documents(folder, iter_documents(plan.corpus, **fields), LexicalConfig.from_dict(plan.bm25))
+            extra["bm25"] = plan.bm25
+        ref = new_ref(folder, info, 0, specs, spec["normalize"], plan.use_gpu)
         number = (latest or 0) + 1
         generation = Generation(
-            generation=number, parent=latest, operation="repair" if repairing else "build", created=_now(),
-            encoder=encoder.spec.to_dict(),
-            settings=settings.rows(encoder).to_dict() | {"corpus": settings.corpus, "build_key": key} | extra,
+            generation=number, parent=latest, operation="build" if latest is None else "repair", created=_now(),
+            encoder=spec, settings=rows_settings.to_dict() | {"corpus": plan.corpus, "build_key": plan.key} | extra,
             indexes=specs, segments=[dataclasses.asdict(ref)], next_key=info.rows, next_segment=1,
         )
         idx.commit(generation)
         finish_work(idx, BUILD_SEGMENT)
+        _plan_path(idx).unlink(missing_ok=True)
         idx.collect_garbage()
     report.indexes = _index_sizes(specs, ref)
     report.generation, report.complete = number, True
-    report.repaired = repairing
+    report.repaired = latest is not None
     return report
+
+
+def _numbers(numbers: list[int]) -> str:
+    """Shard numbers as ranges: 0-3, 7, 9-12."""
+    ranges, start = [], numbers[0]
+    for prev, cur in zip(numbers, numbers[1:] + [None]):
+        if cur != prev + 1:
+            ranges.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = cur
+    return ", ".join(ranges)
 
 
 def _index_sizes(specs: list[dict], ref) -> list[dict]:

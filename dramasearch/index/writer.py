@@ -68,6 +68,16 @@ class SegmentReport:
     shards_encoded: list[int] = field(default_factory=list)
     shards_reused: int = 0
     encode_seconds: float = 0.0
+    shard_digests: list[str] = field(default_factory=list)  # content_sha256 of every input slice, in order
+
+    def count_documents(self, docs: Sequence[Document]) -> None:
+        self.documents += len(docs)
+        self.empty += sum(1 for d in docs if not d.content().strip())
+
+    def count_shard(self, info: ShardInfo) -> None:
+        self.tokens += info.tokens
+        self.truncated += info.truncated
+        self.rows += info.rows
 
 
 def segment_name(number: int) -> str:
@@ -139,32 +149,39 @@ def encode_documents(
     infos: list[ShardInfo | None] = []
     for number, docs in enumerate(batched(documents, shard_size)):
         digest = content_sha256(docs)
-        info = read_shard_info(folder, number)
-        if (info is not None and info.content_sha256 == digest and info.key_sha256 == key_sha256
-                and shard_is_whole(folder, info, full=verify)):
+        info = reusable_shard(folder, number, digest, key_sha256, verify)
+        if info is not None:
             report.shards_reused += 1
         elif owns(number):
             started = time.perf_counter()
-            data, stats = _encode(encoder, rows, docs, show_progress, batch_tokens)
+            data, stats = encode_shard(encoder, rows, docs, show_progress, batch_tokens)
             info = write_shard(folder, number, data, digest, key_sha256, **stats)
             report.encode_seconds += time.perf_counter() - started
             report.shards_encoded.append(number)
-        else:
-            info = None
         infos.append(info)
-        report.documents += len(docs)
-        report.empty += sum(1 for d in docs if not d.content().strip())
+        report.shard_digests.append(digest)
+        report.count_documents(docs)
         if info is not None:
-            report.tokens += info.tokens
-            report.truncated += info.truncated
-            report.rows += info.rows
+            report.count_shard(info)
     report.shards_total = len(infos)
-    _remove_stale_sidecars(folder, len(infos))
+    remove_stale_sidecars(folder, len(infos))
     return infos
 
 
-def _encode(encoder: Encoder, rows: RowSettings, docs: list[Document], show_progress: bool,
-            batch_tokens: int | None) -> tuple[ShardData, dict]:
+def reusable_shard(folder: Path, number: int, digest: str, key_sha256: str = "",
+                   verify: bool = False) -> ShardInfo | None:
+    """The finished shard `number` if it was made from the input slice hashing to `digest` with
+    the settings hashing to `key_sha256` (checksummed first when `verify`: a repairing rerun)."""
+    info = read_shard_info(folder, number)
+    if info is not None and info.content_sha256 == digest and info.key_sha256 == key_sha256 \
+            and shard_is_whole(folder, info, full=verify):
+        return info
+    return None
+
+
+def encode_shard(encoder: Encoder, rows: RowSettings, docs: list[Document], show_progress: bool,
+                 batch_tokens: int | None) -> tuple[ShardData, dict]:
+    """One shard's rows and stats; the same code runs in a local build and in a Ray actor."""
     contents = [d.content() for d in docs]
     chunk_rows = None
     if rows.long_doc == "chunk":
@@ -184,7 +201,7 @@ def _encode(encoder: Encoder, rows: RowSettings, docs: list[Document], show_prog
     return data, stats
 
 
-def _remove_stale_sidecars(folder: Path, count: int) -> None:
+def remove_stale_sidecars(folder: Path, count: int) -> None:
     """An input that shrank leaves shards past its end; drop their sidecars so they never count."""
     for sidecar in folder.glob("[0-9]*.json"):
         if sidecar.stem.isdigit() and int(sidecar.stem) >= count:
