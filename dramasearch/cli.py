@@ -328,17 +328,19 @@ def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, mo
 @click.option("--torch-threads", type=int, default=None, help="Encoder threads (default: torch's).")
 @click.option("--follow-interval", type=float, default=0.5, show_default=True,
               help="Seconds between checks for a new generation of the index.")
+@click.option("--shutdown-timeout", type=float, default=30.0, show_default=True,
+              help="On SIGTERM, seconds requests in flight may take to finish.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 def serve(index_dir, host, port, dim, device, model, dtype, batch_tokens, max_batch, max_wait_ms, queue_size,
-          faiss_threads, torch_threads, follow_interval, log_level) -> None:
+          faiss_threads, torch_threads, follow_interval, shutdown_timeout, log_level) -> None:
     """Serve INDEX over HTTP (JSON API, OpenAPI schema at /docs); follows new generations; stops on SIGTERM."""
     from .serve.server import serve as run
     from .serve.service import ServeSettings
 
     run(ServeSettings(index=index_dir, dim=dim, model=model, device=device, dtype=dtype, batch_tokens=batch_tokens,
                       max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size, faiss_threads=faiss_threads,
-                      torch_threads=torch_threads, follow_interval=follow_interval),
+                      torch_threads=torch_threads, follow_interval=follow_interval, shutdown_timeout=shutdown_timeout),
         host=host, port=port, log_level=log_level)
 
 

@@ -27,7 +27,7 @@ Query = Annotated[
 class SearchOptions(BaseModel):
     """Options shared by single and batch search; what `Searcher.batch_search` takes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "k": true or "10" is a mistake, not 1 or 10
 
     k: int = Field(10, ge=1, le=MAX_K, description="Hits per query; capped at the live documents.")
     dim: int | None = Field(None, ge=1, description="Which FAISS index to search (a built dim; default: the service's).")
