@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..encoder import DTYPES, default_batch_tokens
-from ..errors import UsageError
+from ..errors import IndexFormatError, UsageError
 from ..index.generation import Generation, IndexDir
 from ..searcher import Hit, Searcher
 from . import schemas
@@ -116,7 +116,8 @@ class SearchService:
         with self._lock:
             searcher = self._others.get(dim)
             if searcher is None:
-                searcher = Searcher(self.root, dim=dim, encoder=self._main.encoder, follow=True,
+                searcher = Searcher(self.root, dim=dim, encoder=self._main.encoder, device=self.settings.device,
+                                    dtype=DTYPES[self.settings.dtype], follow=True,
                                     follow_interval=self.settings.follow_interval)
                 self._others[dim] = searcher
             return searcher
@@ -132,11 +133,18 @@ class SearchService:
 
     def record(self) -> Generation:
         """The commit record of the generation the default searcher pinned (re-read only when it changes)."""
-        number = self._main.generation
-        record = self._record
-        if record is None or record[0] != number:
-            record = self._record = (number, IndexDir(self.root).read(number))
-        return record[1]
+        while True:
+            number = self._main.generation
+            cached = self._record
+            if cached is not None and cached[0] == number:
+                return cached[1]
+            try:
+                self._record = (number, IndexDir(self.root).read(number))
+                return self._record[1]
+            except IndexFormatError:
+                if self._main.generation == number:  # not the race below: a real problem with the index
+                    raise
+                # the searcher moved to a newer generation and the one read was collected: read that one
 
     def health(self) -> schemas.HealthOut:
         counters = self.batcher.counters()
