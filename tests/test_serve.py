@@ -27,7 +27,7 @@ from dramasearch.index.updates import add_documents, delete_documents
 from dramasearch.searcher import Searcher
 from dramasearch.serve import SearchService, ServeSettings, create_app
 from dramasearch.serve.batcher import MicroBatcher, QueueFull
-from dramasearch.serve.schemas import MAX_K, MAX_QUERY_CHARS
+from dramasearch.serve.schemas import MAX_K, MAX_QUERY_CHARS, SearchOptions
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "examples" / "tiny"
@@ -188,16 +188,26 @@ def test_batcher_is_bounded_budgeted_and_drains():
 
 
 def test_full_queue_gets_503_with_retry_after(index):
-    svc = SearchService(ServeSettings(index=index, dtype="fp32", queue_size=4, retry_after=3))
+    svc = SearchService(ServeSettings(index=index, dtype="fp32", queue_size=4, max_batch=1, retry_after=3))
+    long = " ".join(["the tide rises and falls with the moon"] * 40)  # ~250 tokens: slow to encode
     try:
+        key = svc.key(SearchOptions())
+        busy = svc.batcher.submit([long], key)
+        while svc.batcher.counters().queued:  # the worker took it: it is busy encoding for a while
+            time.sleep(0.001)
+        busy += svc.batcher.submit([f"{i} {long}" for i in range(4)], key)  # the queue is full now
+
         async def run():
             async with _client(create_app(svc)) as client:
-                return await client.post("/search/batch", json={"queries": ["tides"] * 5})
+                return (await client.post("/search/batch", json={"queries": ["tides"] * 2}),
+                        await client.post("/search/batch", json={"queries": ["tides"] * 5}))
 
-        response = asyncio.run(run())
-        assert response.status_code == 503
-        assert response.headers["retry-after"] == "3"
-        assert "queue is full" in response.json()["detail"]
+        full, too_many = asyncio.run(run())
+        assert full.status_code == 503
+        assert full.headers["retry-after"] == "3"
+        assert "queue is full" in full.json()["detail"]
+        assert too_many.status_code == 422 and "at most 4 per request" in too_many.json()["detail"]
+        assert all(len(f.result(60)) == 10 for f in busy)  # the queued queries are still answered
     finally:
         svc.close()
 

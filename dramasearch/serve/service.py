@@ -92,6 +92,8 @@ class SearchService:
     # --- search --------------------------------------------------------------------------------
     async def search(self, queries: list[str], options: schemas.SearchOptions) -> list[list[Hit]]:
         """Queue the queries (all or none: QueueFull) and wait for their hits."""
+        if len(queries) > self.batcher.capacity:  # could never be queued: not a "retry later"
+            raise RequestError(422, f"queries: at most {self.batcher.capacity} per request (the queue size)")
         futures = self.batcher.submit(queries, self.key(options))
         return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
 
