@@ -136,8 +136,12 @@ def load_runs(args, queries: list[str], out: Path) -> list[dict]:
 
 def compare(index: Path, queries: list[str], runs: list[dict], k: int, dtype: str, tol: float) -> dict:
     """Every hit list the service returned against Searcher.search for the same query, in this process."""
+    import faiss
+
     from dramasearch.encoder import DTYPES
     from dramasearch.searcher import Searcher
+
+    faiss.omp_set_num_threads(1)  # as the service searches (FAISS's spinning team slows the encoder beside it)
 
     lists = same_order = 0
     worst = 0.0

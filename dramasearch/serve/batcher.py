@@ -53,10 +53,12 @@ class MicroBatcher:
         max_queries: int = 64,
         max_wait: float = 0.002,
         capacity: int = 256,
+        setup: Callable[[], None] | None = None,
     ):
+        """`setup` runs first in the worker thread: per-thread settings such as FAISS's OpenMP threads."""
         if max_tokens < 1 or max_queries < 1 or capacity < 1 or max_wait < 0:
             raise ValueError("max_tokens, max_queries and capacity must be >= 1 and max_wait >= 0")
-        self._search, self._count = search, count_tokens
+        self._search, self._count, self._setup = search, count_tokens, setup
         self.max_tokens, self.max_queries, self.max_wait, self.capacity = max_tokens, max_queries, max_wait, capacity
         self._queue: collections.deque[_Job] = collections.deque()
         self._ready = threading.Condition()
@@ -94,6 +96,8 @@ class MicroBatcher:
 
     # --- the worker ----------------------------------------------------------------------------
     def _run(self) -> None:
+        if self._setup is not None:
+            self._setup()
         while (collected := self._collect()) is not None:
             batch, tokens = collected
             groups: dict[Hashable, list[_Job]] = {}

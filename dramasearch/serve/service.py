@@ -7,6 +7,7 @@ restart, and searches in flight finish on the generation they started with.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,6 @@ class SearchService:
     def __init__(self, settings: ServeSettings):
         if settings.dtype not in DTYPES:
             raise UsageError("dtype", f"must be one of {sorted(DTYPES)}, got {settings.dtype!r}")
-        _set_threads(settings.faiss_threads, settings.torch_threads)
         self.settings = settings
         self.root = Path(settings.index)
         self._main = Searcher(self.root, dim=settings.dim, device=settings.device, model=settings.model,
@@ -87,7 +87,8 @@ class SearchService:
         self._record: tuple[int, Generation] | None = None  # (number, its commit record)
         budget = settings.batch_tokens or default_batch_tokens(self._main.encoder.device)
         self.batcher = MicroBatcher(self._search, self._count_tokens, max_tokens=budget, max_queries=settings.max_batch,
-                                    max_wait=settings.max_wait_ms / 1000, capacity=settings.queue_size)
+                                    max_wait=settings.max_wait_ms / 1000, capacity=settings.queue_size,
+                                    setup=functools.partial(_set_threads, settings.faiss_threads, settings.torch_threads))
 
     # --- search --------------------------------------------------------------------------------
     async def search(self, queries: list[str], options: schemas.SearchOptions) -> list[list[Hit]]:
@@ -189,7 +190,9 @@ class SearchService:
 
 
 def _set_threads(faiss_threads: int | None, torch_threads: int | None) -> None:
-    """Thread pools are per process: FAISS's OpenMP pool and torch's intra-op pool share the cores."""
+    """Run in the thread that searches: FAISS's OpenMP thread count is a per-thread setting, so set
+    elsewhere it would not apply. It matters: with FAISS's default team (all cores) in the search
+    thread, its spinning OpenMP workers starved the encoder's and one search took 20x longer (2 cores)."""
     if faiss_threads is not None:
         import faiss
 
