@@ -1,11 +1,12 @@
 """Load on `dramasearch serve`: 1, 8 and 32 concurrent clients on loopback, then a living-index run.
 
 The service runs as a subprocess (`python -m dramasearch.cli serve`) over SciFact encoded with the
-packaged MiniLM; this process drives it with asyncio + httpx, each client sending SciFact's
-queries one at a time (bounded by --requests and --time-limit per run). Reported per client
-count (median of --repeats, a fresh server each repetition): throughput, p50 / p99 latency, mean
-encoder batch (from /info), errors; then every hit list is compared with `Searcher.search` in
-this process (docids, with swaps only between tied scores, and scores within --tol).
+packaged MiniLM; this process drives it with asyncio, each client sending SciFact's queries one at
+a time over its own keep-alive connection (bounded by --requests and --time-limit per run).
+Reported per client count (median of --repeats, a fresh server each repetition): throughput,
+p50 / p99 latency, mean encoder batch (from /info; it includes each client's one warm-up request),
+errors; then every hit list is compared with `Searcher.search` in this process (docids, with swaps
+only between tied scores, and scores within --tol).
 
 Living run (--live): a copy of the index is served while 32 clients search and a writer
 deletes --live-docs documents, adds them back, then deletes them again (three commits, real
@@ -71,40 +72,78 @@ class Server:
         return code
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON. The driver's own, because httpx spent about
+    a millisecond of CPU per request, on the same 2 cores the server needs: the load generator
+    would have measured itself."""
+
+    def __init__(self, base: str):
+        host, port = base.removeprefix("http://").split(":")
+        self.host, self.port = host, int(port)
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                          % (path.encode(), self.host.encode(), len(body)) + body)
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            headers = dict(line.split(b":", 1) for line in lines[1:] if b":" in line)
+            length = int(next(v for k, v in headers.items() if k.lower() == b"content-length"))
+            payload = await self.reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.close()
+            raise
+        if any(k.lower() == b"connection" and v.strip().lower() == b"close" for k, v in headers.items()):
+            self.close()
+        return int(lines[0].split()[1]), payload
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
 async def drive(base: str, queries: list[str], clients: int, requests: int, time_limit: float, k: int,
                 done: asyncio.Event | None = None) -> dict:
-    """`clients` concurrent loops, each sending the next query and waiting for its answer, until
-    `requests` were sent, `time_limit` passed or `done` is set."""
+    """`clients` concurrent loops, each on its own connection sending the next query and waiting for
+    its answer, until `requests` were sent, `time_limit` passed or `done` is set."""
     latencies: list[float] = []
     errors: list[str] = []
     answers: dict[int, list[dict]] = {}
+    bodies = [json.dumps({"query": q, "k": k}).encode() for q in queries]
     next_request = 0
     stop_at = time.monotonic() + time_limit
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
-    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
-        async def one_client():
-            nonlocal next_request
-            while next_request < requests and time.monotonic() < stop_at and not (done and done.is_set()):
-                i = next_request
-                next_request += 1
-                q = i % len(queries)
-                start = time.perf_counter()
-                try:
-                    r = await client.post("/search", json={"query": queries[q], "k": k})
-                    latencies.append(time.perf_counter() - start)
-                    if r.status_code != 200:
-                        errors.append(f"{r.status_code}: {r.text[:200]}")
-                    else:
-                        answers.setdefault(q, r.json()["hits"])
-                except httpx.HTTPError as exc:
-                    errors.append(repr(exc))
+    async def one_client():
+        nonlocal next_request
+        connection = Connection(base)
+        await connection.post("/search", bodies[0])  # connect and warm up, not timed
+        await ready.wait()
+        while next_request < requests and time.monotonic() < stop_at and not (done and done.is_set()):
+            q = next_request % len(queries)
+            next_request += 1
+            start = time.perf_counter()
+            try:
+                status, payload = await connection.post("/search", bodies[q])
+                latencies.append(time.perf_counter() - start)
+                if status != 200:
+                    errors.append(f"{status}: {payload[:200]!r}")
+                elif q not in answers:
+                    answers[q] = json.loads(payload)["hits"]
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                errors.append(repr(exc))
+        connection.close()
 
-        for q in queries[:4]:  # warm-up, not timed
-            await client.post("/search", json={"query": q, "k": k})
-        start = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        wall = time.perf_counter() - start
+    ready = asyncio.Event()
+    tasks = [asyncio.create_task(one_client()) for _ in range(clients)]
+    await asyncio.sleep(0.5)  # every client connected and warmed up
+    start = time.perf_counter()
+    ready.set()
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - start
     lat = np.array(latencies) * 1000
     return {"clients": clients, "requests": len(latencies), "wall_s": wall, "qps": len(latencies) / wall,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
