@@ -10,6 +10,7 @@ import asyncio
 import collections
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -253,6 +254,26 @@ def test_follows_add_delete_refresh_without_a_failed_request(tmp_path, minilm):
     assert hits["hits"][0]["docid"] == "zz-volcano"
     assert gone.status_code == 404
     assert info["generation"] == 4 and info["documents"] == 30  # add, delete, refresh: 30 + 1 - 1
+
+
+def test_index_gone_is_503_and_pinned_searches_go_on(index, tmp_path):
+    """An index that cannot be read is the server's state, not the client's mistake: 503, not 500."""
+    copy = tmp_path / "copy"
+    shutil.copytree(index, copy)
+    svc = SearchService(ServeSettings(index=copy, dtype="fp32", follow_interval=0, retry_after=7))
+    try:
+        async def run():
+            async with _client(create_app(svc)) as client:
+                assert (await client.post("/search", json={"query": "tides", "k": 2})).status_code == 200
+                shutil.rmtree(copy)
+                return await client.get("/info"), await client.post("/search", json={"query": "tides", "k": 2})
+
+        info, search = asyncio.run(run())
+    finally:
+        svc.close()
+    assert info.status_code == 503 and info.headers["retry-after"] == "7"
+    assert "index unavailable" in info.json()["detail"]
+    assert search.status_code == 200 and search.json()["hits"][0]["docid"] == "astro-03"  # open files still serve
 
 
 def test_openapi_schema_fuzzed_no_500_no_undocumented_status(service):
