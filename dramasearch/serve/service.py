@@ -45,8 +45,9 @@ class ServeSettings:
         for name in ("batch_tokens", "faiss_threads", "torch_threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(name, f"must be >= 1, got {getattr(self, name)}")
-        if self.max_wait_ms < 0 or self.follow_interval < 0:
-            raise UsageError("max_wait_ms", "max_wait_ms and follow_interval must be >= 0")
+        for name in ("max_wait_ms", "follow_interval"):
+            if getattr(self, name) < 0:
+                raise UsageError(name, f"must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,8 @@ class RequestError(Exception):
 
 
 class SearchService:
+    """Searches through the micro-batcher, documents, health and info; what the routes call."""
+
     def __init__(self, settings: ServeSettings):
         if settings.dtype not in DTYPES:
             raise UsageError("dtype", f"must be one of {sorted(DTYPES)}, got {settings.dtype!r}")
