@@ -406,6 +406,40 @@ def evaluate(index_dir, queries, qrels, dim, rerank_dim, k, run_path, device, mo
     click.echo(format_metrics(evaluate_run(run, judged)))
 
 
+@cli.command()
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--dim", type=int, default=None, help="Default index dim (requests may ask for another built dim).")
+@click.option("--device", default=None)
+@MODEL_OVERRIDE
+@DTYPE_OPTION
+@click.option("--batch-tokens", type=int, default=None, help="Padded tokens per encoder batch (default: 8192 CPU, 65536 GPU).")
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Queries per encoder batch.")
+@click.option("--max-wait-ms", type=float, default=2.0, show_default=True,
+              help="How long a query waits for others to share its batch.")
+@click.option("--queue-size", type=int, default=256, show_default=True,
+              help="Queries waiting at most; beyond it requests get 503 with Retry-After.")
+@click.option("--faiss-threads", type=int, default=1, show_default=True, help="OpenMP threads per FAISS search.")
+@click.option("--torch-threads", type=int, default=None, help="Encoder threads (default: torch's).")
+@click.option("--follow-interval", type=float, default=0.5, show_default=True,
+              help="Seconds between checks for a new generation of the index.")
+@click.option("--shutdown-timeout", type=float, default=30.0, show_default=True,
+              help="On SIGTERM, seconds requests in flight may take to finish.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(index_dir, host, port, dim, device, model, dtype, batch_tokens, max_batch, max_wait_ms, queue_size,
+          faiss_threads, torch_threads, follow_interval, shutdown_timeout, log_level) -> None:
+    """Serve INDEX over HTTP (JSON API, OpenAPI schema at /docs); follows new generations; stops on SIGTERM."""
+    from .serve.server import serve as run
+    from .serve.service import ServeSettings
+
+    run(ServeSettings(index=index_dir, dim=dim, model=model, device=device, dtype=dtype, batch_tokens=batch_tokens,
+                      max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size, faiss_threads=faiss_threads,
+                      torch_threads=torch_threads, follow_interval=follow_interval, shutdown_timeout=shutdown_timeout),
+        host=host, port=port, log_level=log_level)
+
+
 PLUGIN_GROUP = "dramasearch.commands"
 
 
