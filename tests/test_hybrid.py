@@ -262,7 +262,7 @@ def test_hybrid_on_an_index_without_bm25_names_the_fix(minilm, docs, tmp_path):
     root = tmp_path / "dense"
     _build(_write(tmp_path / "c.jsonl", docs[:10]), root, minilm)
     with Searcher(root, encoder=minilm) as searcher:
-        with pytest.raises(IndexFormatError, match=r"built without --bm25.*build-index CORPUS -o NEW_INDEX --bm25"):
+        with pytest.raises(UsageError, match=r"hybrid: .*built without --bm25.*build-index CORPUS -o NEW_INDEX --bm25"):
             searcher.search("tides", hybrid="rrf")
         with pytest.raises(UsageError, match="hybrid: must be one of rrf, linear, bm25"):
             searcher.search("tides", hybrid="max")
@@ -270,6 +270,6 @@ def test_hybrid_on_an_index_without_bm25_names_the_fix(minilm, docs, tmp_path):
             searcher.search("tides", hybrid=Fusion("linear", weight=1.5))
         assert searcher.search("tides", k=3)  # dense search is unaffected
     result = CliRunner().invoke(cli, ["search", str(root), "tides", "--hybrid", "rrf"])
-    assert isinstance(result.exception, IndexFormatError) and "--bm25" in str(result.exception)
+    assert isinstance(result.exception, UsageError) and "--bm25" in str(result.exception)
     with pytest.raises(IndexFormatError, match="built without --bm25"):  # a rerun cannot quietly add it
         _build(tmp_path / "c.jsonl", root, minilm, bm25=True)

@@ -273,8 +273,8 @@ class LexicalReader:
     def __init__(self, snap: "Snapshot", previous: "LexicalReader | None" = None):
         config = generation_config(snap.settings)
         if config is None:
-            raise IndexFormatError(f"{snap.dir.root} was built without --bm25, so it has no lexical index for "
-                                   f"hybrid or BM25 search; {REBUILD_HINT}")
+            raise UsageError("hybrid", f"{snap.dir.root} was built without --bm25, so it has no lexical index for "
+                                       f"hybrid or BM25 search; {REBUILD_HINT}")
         self.config = config
         self._tokenize = tokenizer(config)
         reuse = previous._postings if previous is not None and previous.config == config else {}

@@ -11,8 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-MAX_QUERY_CHARS = 8192  # longer than any encoder's window once tokenized: more text would be cut anyway
-MAX_K = 1000
+from .. import validate
+
+MAX_QUERY_CHARS = validate.MAX_QUERY_CHARS  # the library's rule, so the service and the API agree
+MAX_K = 1000  # per request: stricter than the library's 100,000, since a service answers many clients
 MAX_CANDIDATES = 100_000
 MAX_BATCH_QUERIES = 128  # per batch request; the queue bounds the total
 MAX_DOCID_CHARS = 1024
@@ -38,6 +40,9 @@ class SearchOptions(BaseModel):
     aggregate: Literal["maxp", "first", "sum"] | None = Field(
         None, description="Chunk-mode indexes: document score from its chunks (default: the build's choice).")
     fields: bool = Field(True, description="Return stored titles and texts (empty unless built with --store-text).")
+    hybrid: Literal["rrf", "linear", "bm25"] | None = Field(
+        None, description="Fuse BM25 with the dense hits (rrf or linear), or BM25 alone; the index must have been "
+                          "built with --bm25 (422 otherwise).")
 
 
 class SearchRequest(SearchOptions):

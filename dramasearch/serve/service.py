@@ -60,6 +60,7 @@ class SearchKey:
     candidates: int | None
     aggregate: str | None
     fields: bool
+    hybrid: str | None = None
 
 
 class RequestError(Exception):
@@ -110,11 +111,16 @@ class SearchService:
         full = record.encoder["dim"]
         if options.rerank_dim is not None and options.rerank_dim > full:
             raise RequestError(422, f"rerank_dim: {options.rerank_dim} is above the encoder's dim {full}")
-        return SearchKey(dim, options.k, options.rerank_dim, options.candidates, options.aggregate, options.fields)
+        if options.hybrid is not None and record.settings.get("bm25") is None:
+            raise RequestError(422, "hybrid: this index was built without --bm25, so it has no BM25 side; rebuild "
+                                    "it with `dramasearch build-index ... --bm25`")
+        return SearchKey(dim, options.k, options.rerank_dim, options.candidates, options.aggregate, options.fields,
+                         options.hybrid)
 
     def _search(self, key: SearchKey, queries: list[str]) -> list[list[Hit]]:
         return self._searcher(key.dim).batch_search(queries, key.k, rerank_dim=key.rerank_dim, candidates=key.candidates,
-                                                    aggregate=key.aggregate, with_fields=key.fields)
+                                                    aggregate=key.aggregate, with_fields=key.fields,
+                                                    hybrid=key.hybrid)
 
     def _searcher(self, dim: int | None) -> Searcher:
         if dim is None:
