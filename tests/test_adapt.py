@@ -180,3 +180,32 @@ def test_loader_honours_an_exported_drama_max_length(tmp_path):
     loaded = load_encoder(str(tmp_path / "exported"), device="cpu")
     assert loaded.spec.max_length == 64 and len(loaded.tokenize(["word " * 500])[0]) == 64
     assert load_encoder(str(tmp_path / "exported"), device="cpu", max_length=32).spec.max_length == 32  # an explicit one wins
+
+
+def test_training_scores_a_model_without_normalize_by_dot_product(tmp_path):
+    """train() hands the model's own similarity to the loss: on a MiniLM exported without Normalize
+    (and without dropout, in fp32, at temperature 1 so the loss is far from 0), the first step's loss is the dot-product InfoNCE of its embeddings."""
+    import dataclasses
+
+    from trainer.data import Passage, TrainingExample, write_examples
+    from trainer.train import TrainSettings, train
+
+    encoder = load_encoder("minilm", device="cpu", dtype=torch.float32)
+    encoder.spec = dataclasses.replace(encoder.spec, normalize=False)
+    encoder.model.config.hidden_dropout_prob = encoder.model.config.attention_probs_dropout_prob = 0.0
+    folder = export_encoder(encoder, tmp_path / "dot")
+    dot = load_encoder(str(folder), device="cpu", dtype=torch.float32)
+    assert not dot.spec.normalize
+    rows = [("why is the sky blue", "Air scatters blue light more than red.", "Bread goes stale as starch sets."),
+            ("how do tides work", "The Moon's pull raises the oceans twice a day.", "Oil a bike chain often.")]
+    write_examples(tmp_path / "train.jsonl", [TrainingExample(str(i), q, [Passage(f"p{i}", "", p)], [Passage(f"n{i}", "", n)])
+                                              for i, (q, p, n) in enumerate(rows)])
+    report = train(TrainSettings(model=str(folder), train_data=str(tmp_path / "train.jsonl"), output=str(tmp_path / "run"),
+                                 negatives_per_query=1, batch_size=2, max_steps=1, temperature=1.0, precision="fp32",
+                                 device="cpu", show_progress=False))
+    with torch.no_grad():
+        queries = dot.embed([q for q, _, _ in rows], dot.spec.query_prefix)
+        passages = dot.embed([t for _, p, n in rows for t in (p, n)], dot.spec.document_prefix)
+    expected = MatryoshkaInfoNCE(1.0, normalize=False)(queries, passages).item()
+    assert report.losses[0] == pytest.approx(expected, abs=1e-4)
+    assert abs(MatryoshkaInfoNCE(1.0)(queries, passages).item() - expected) > 0.1  # cosine would differ

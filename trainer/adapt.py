@@ -2,7 +2,8 @@
 
 The whole DRAMA-style loop, composed from the trainer's parts (nothing here re-implements them):
 
-    1 index   a dramasearch index of CORPUS with the starting model (build_index; a rerun reuses it)
+    1 index   a dramasearch index of CORPUS with the starting model, for mining: --index itself when
+              it is one, else built in the work folder (build_index; a rerun reuses it)
     2 augment cropped-sentence queries (crop.py, inverse-cloze style: the sentence is removed from
               its positive, so the model learns context, not string matching); optionally LLM
               queries (queries.py, round-trip filtered)
@@ -13,6 +14,7 @@ The whole DRAMA-style loop, composed from the trainer's parts (nothing here re-i
               The collection's own queries and qrels are never read.
     5 train   InfoNCE + Matryoshka (train.py) with the zero-shot baseline measured first on that dev
               set; the best checkpoint is kept, and when nothing beats the baseline, the baseline is
+              kept and the report says so
     6 export  the model to OUT (export.py)
     7 refresh INDEX re-encoded with it, when one is given (dramasearch.index.refresh)
 
