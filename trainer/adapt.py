@@ -57,6 +57,7 @@ from .data import Passage, TrainingExample, read_examples
 
 WIDE_WINDOW = (30, 50)  # DRAMA's negative ranks, for corpora of at least SMALL_CORPUS documents
 SMALL_CORPUS = 100
+MIN_EXAMPLES = 10  # fewer cannot make a dev set (a fifth of them) and a training batch
 
 
 @dataclass(frozen=True)
@@ -391,6 +392,9 @@ def _mix_and_split(settings: AdaptSettings, side: MiningSide, mined: dict[str, P
     present = [k for k in mined if sizes[k]]
     mix_examples([MixSource(mined[k], sizes[k], k) for k in present], work / "mix.jsonl", seed=settings.seed)
     mixed = list(read_examples(work / "mix.jsonl"))
+    if len(mixed) < MIN_EXAMPLES:
+        raise UsageError("corpus", f"{settings.corpus}: only {len(mixed)} training examples survived mining, fewer "
+                                   f"than {MIN_EXAMPLES}; adaptation needs a larger corpus")
     dev, dev_docids = [], set()
     for example in mixed:
         if len(dev) == min(settings.dev_queries, len(mixed) // 5):
