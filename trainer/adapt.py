@@ -23,13 +23,16 @@ finished output is skipped, an unfinished one continues, a changed setting is re
 and 7 resume through dramasearch's own shard work files, step 5 through train.py's checkpoint,
 step 6 is one atomic folder. Work files live in `work_dir` (default `OUT.adapt-work`).
 
-Defaults for a ~5k-document corpus on this 2-core CPU with MiniLM (measured, benchmarks/
-RESULTS_adapt.md): indexing 5k documents at ~70 docs/s (bf16) is ~75 s; cropping is seconds;
-mining encodes 5k sentence queries and 5k edited positives, ~2 min; a dev evaluation encodes
-the 1,000-document dev corpus, ~15 s, 5 times; training is 2,000 pairs / batch 32 = 62 steps of
-32 queries + 32 x (1 + 3) passages at ~25 s/step on 2 shared cores (fwd + bwd, bf16 autocast),
-~26 min. Total ~35 min, leaving room for a busy machine. On a GPU the caps rise (20,000 pairs,
-batch 64, 7 negatives, LLM queries for 2,000 passages).
+Defaults for a ~5k-document corpus on this 2-core CPU with MiniLM, from its measured encode rate
+(~70 docs/s at ~240 tokens, bf16; benchmarks/RESULTS.md) and training at ~3x the cost of encoding
+(forward + backward): the mining index, 5k documents, ~75 s; cropping, seconds; mining encodes 5k
+sentence queries and 5k edited positives, ~90 s; the dev evaluations encode the 1,000-document dev
+corpus 5 times, ~70 s; training is min(3,000, ~4,800 mined pairs) / batch 32 = 93 steps of
+32 queries + 32 x (1 + 3) passages, ~6 s per step idle, ~9 min. About 15 minutes on an idle
+machine and ~45 at the load of 5 processes per 2 cores this machine often has (every step ~3x
+slower): within the hour. On a GPU the caps rise (20,000 pairs, batch 64, 7 negatives, LLM
+queries for 2,000 passages). The per-step time at this batch shape is an estimate, not measured
+(benchmarks/RESULTS_adapt.md says what was).
 """
 from __future__ import annotations
 
