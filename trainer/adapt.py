@@ -23,16 +23,13 @@ finished output is skipped, an unfinished one continues, a changed setting is re
 and 7 resume through dramasearch's own shard work files, step 5 through train.py's checkpoint,
 step 6 is one atomic folder. Work files live in `work_dir` (default `OUT.adapt-work`).
 
-Defaults for a ~5k-document corpus on this 2-core CPU with MiniLM, from its measured encode rate
-(~70 docs/s at ~240 tokens, bf16; benchmarks/RESULTS.md) and training at ~3x the cost of encoding
-(forward + backward): the mining index, 5k documents, ~75 s; cropping, seconds; mining encodes 5k
-sentence queries and 5k edited positives, ~90 s; the dev evaluations encode the 1,000-document dev
-corpus 5 times, ~70 s; training is min(3,000, ~4,800 mined pairs) / batch 32 = 93 steps of
-32 queries + 32 x (1 + 3) passages, ~6 s per step idle, ~9 min. About 15 minutes on an idle
-machine and ~45 at the load of 5 processes per 2 cores this machine often has (every step ~3x
-slower): within the hour. On a GPU the caps rise (20,000 pairs, batch 64, 7 negatives, LLM
-queries for 2,000 passages). The per-step time at this batch shape is an estimate, not measured
-(benchmarks/RESULTS_adapt.md says what was).
+Defaults for a ~5k-document corpus on this 2-core CPU with MiniLM, from the cranfield run
+(benchmarks/RESULTS_adapt.md; 1.4k documents, machine at load ~3.5): mining ran at ~21 queries/s,
+so 5k documents take ~4 min; the index ~28 docs/s, ~3 min; 5 dev evaluations of the
+1,000-document dev corpus ~3 min; a training step of 32 queries + 32 x (1 + 3) passages took
+75-86 s (fwd + bwd, bf16 autocast: far slower than the 3x-encoding estimate first assumed).
+So the CPU cap is 1,200 pairs = 37 steps, ~50 min of training: ~1 hour in all at that load.
+On a GPU the caps rise (20,000 pairs, batch 64, 7 negatives, LLM queries for 2,000 passages).
 """
 from __future__ import annotations
 
@@ -73,7 +70,7 @@ class DeviceDefaults:
     negatives_per_query: int
 
 
-CPU_DEFAULTS = DeviceDefaults(llm_passages=0, max_train_examples=3000, batch_size=32, negatives_per_query=3)
+CPU_DEFAULTS = DeviceDefaults(llm_passages=0, max_train_examples=1200, batch_size=32, negatives_per_query=3)
 GPU_DEFAULTS = DeviceDefaults(llm_passages=2000, max_train_examples=20000, batch_size=64, negatives_per_query=7)
 
 
@@ -90,7 +87,7 @@ class AdaptSettings:
     crops_per_passage: int = 1
     negative_ranks: tuple[int, int] | None = None  # None: (30, 50), scaled down for corpora under 100 docs
     margin_ratio: float | None = 0.95  # drop negatives scoring above this x the positive's score
-    max_train_examples: int | None = None  # None: 3,000 on CPU, 20,000 on GPU
+    max_train_examples: int | None = None  # None: 1,200 on CPU, 20,000 on GPU
     max_steps: int | None = None  # None: one pass over the training examples
     batch_size: int | None = None  # None: 32 on CPU, 64 on GPU
     negatives_per_query: int | None = None  # None: 3 on CPU, 7 on GPU

@@ -98,7 +98,7 @@ def export_cmd(model, out_dir, max_length) -> None:
               help="Passages to write LLM queries for (SmolLM2-135M by default). Default 0 on CPU, where it takes "
                    "~60-150 s per passage; 2000 on a GPU.")
 @click.option("--llm", default="smollm2", show_default=True, help="Causal LM for --llm-queries: smollm2, a .gguf, a folder or hub id.")
-@click.option("--max-train-examples", type=int, default=None, help="Cap on training pairs (default 3000 on CPU, 20000 on GPU).")
+@click.option("--max-train-examples", type=int, default=None, help="Cap on training pairs (default 1200 on CPU, 20000 on GPU).")
 @click.option("--max-steps", type=int, default=None, help="Training steps (default: one pass over the training pairs).")
 @click.option("--batch-size", type=int, default=None, help="Queries per step (default 32 on CPU, 64 on GPU).")
 @click.option("--negatives", "negatives_per_query", type=int, default=None, help="Hard negatives per query (default 3 on CPU, 7 on GPU).")
