@@ -64,6 +64,7 @@ def load_encoder(
         name_or_path = str(Path(name_or_path).expanduser().resolve())  # manifests must find it from any cwd
     device = device or default_device()
     dtype = dtype or default_dtype(device)
+    max_length = max_length or exported_max_length(folder)
     if (folder / "modules.json").is_file():
         model, tokenizer, spec = _sentence_transformers_parts(folder, name_or_path, max_length)
     elif (folder / "config.json").is_file():
@@ -74,6 +75,23 @@ def load_encoder(
     if compile:
         encoder.model = torch.compile(encoder.model, dynamic=True)
     return encoder
+
+
+EXPORT_METADATA = "dramasearch_encoder.json"  # written by trainer.export beside the weights
+
+
+def exported_max_length(folder: Path) -> int | None:
+    """The max length an exported encoder was trained and exported with (None for other folders).
+
+    A DRAMA-family config.json has no field for it, so without this an export trained at 512
+    tokens would be served at the backbone's 8192."""
+    path = folder / EXPORT_METADATA
+    if not path.is_file():
+        return None
+    value = _read_json(path).get("max_length")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ModelLoadError(f"{path}: max_length must be a positive integer, got {value!r:.40}")
+    return value
 
 
 def resolve_model_folder(name_or_path: str) -> Path:

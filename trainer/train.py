@@ -140,7 +140,8 @@ def train(settings: TrainSettings) -> TrainReport:
     output = Path(settings.output)
 
     encoder = load_encoder(settings.model, device=device, dtype=torch.float32, max_length=settings.max_length)
-    loss_fn = MatryoshkaInfoNCE(settings.temperature, tuple(settings.matryoshka_dims), tuple(settings.matryoshka_weights))
+    loss_fn = MatryoshkaInfoNCE(settings.temperature, tuple(settings.matryoshka_dims), tuple(settings.matryoshka_weights),
+                                normalize=encoder.spec.normalize)
     loss_fn.check_dim(encoder.dim)
     examples = list(read_examples(settings.train_data))
     repeated = _check_examples(examples, settings)

@@ -1,0 +1,211 @@
+"""`adapt`: the unsupervised loop end to end on examples/tiny with the packaged MiniLM (a couple of
+steps), its resumption, the refresh of a given index, and the keep-the-baseline rule. Also the two
+fixes that came with it: the loss scores with the model's own similarity, and an exported encoder's
+max length is honoured by dramasearch's loader."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dramasearch.errors import UsageError
+from dramasearch.index.build import BuildSettings, build_index
+from dramasearch.index.generation import IndexDir
+from dramasearch.models import load_encoder
+from dramasearch.searcher import Searcher
+from trainer.adapt import AdaptSettings, adapt, negative_window
+from trainer.export import export_encoder, load_encoder as load_export
+from trainer.losses import MatryoshkaInfoNCE
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "examples" / "tiny")
+TEXTS = ["how do I fix a flat bike tire", "Bread goes stale as its starch recrystallises."]
+FAST = dict(batch_size=4, max_steps=2, negatives_per_query=2, dev_queries=4, evaluations=1, show_progress=False)
+
+
+def _fingerprint(index: Path) -> str:
+    return IndexDir(index).read().encoder["fingerprint"]
+
+
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory, minilm):
+    """adapt(minilm) with --index: an index of the tiny corpus built with *another* encoder (MiniLM
+    exported at max length 128: other fingerprint), so it is not reused for mining and is refreshed.
+
+    One run serves every test (the suite must stay under a minute on 2 shared cores), so it is the
+    keep-the-baseline case: lr=5 wrecks the model in two steps, and the dev score cannot beat
+    the zero-shot one. Export, refresh and resume take the same path whichever checkpoint wins."""
+    root = tmp_path_factory.mktemp("adapt")
+    other = export_encoder(load_encoder("minilm", device="cpu", dtype=torch.float32, max_length=128), root / "other")
+    index = root / "index"
+    build_index(BuildSettings(corpus=TINY, output=str(index), model=str(other), store_text=True, show_progress=False))
+    before = _fingerprint(index)
+    settings = AdaptSettings(corpus=TINY, model="minilm", output=str(root / "out"), index=str(index),
+                             learning_rate=5.0, **FAST)
+    return settings, adapt(settings), before
+
+
+def test_adapt_exports_a_loadable_model_and_refreshes_the_index(adapted, minilm):
+    settings, report, before = adapted
+    work = Path(report.work_dir)
+    assert report.steps == 2 and report.batch_size == 4
+    assert report.corpus_documents == 30 and report.crop_examples > 0
+    assert report.train_examples + report.dev_queries <= report.mined["crop"]["examples"]
+    assert report.dev_queries == 4
+    # the dev set is carved from augmented data: its queries are cropped sentences, never the collection's
+    dev_queries = [json.loads(line)["text"] for line in (work / "dev" / "queries.jsonl").read_text().splitlines()]
+    collection = [json.loads(line)["text"] for line in Path(TINY, "queries.jsonl").read_text().splitlines()]
+    assert not set(dev_queries) & set(collection)
+    # and its documents are held out of training
+    dev_docs = {line.split("\t")[1] for line in (work / "dev" / "qrels.tsv").read_text().splitlines()[1:]}
+    train_docs = {p["docid"] for line in (work / "train.jsonl").read_text().splitlines()
+                  for p in json.loads(line)["positive_passages"]}
+    assert dev_docs and not dev_docs & train_docs
+
+    exported = load_encoder(settings.output, device="cpu", dtype=torch.float32)
+    np.testing.assert_allclose(exported.encode_queries(TEXTS), load_export(settings.output).encode_queries(TEXTS), atol=1e-6)
+    meta = json.loads(Path(settings.output, "dramasearch_encoder.json").read_text())
+    assert meta["adapt"]["baseline_kept"] == report.baseline_kept
+    assert meta["adapt"]["baseline_dev_ndcg@10"] == report.baseline
+
+    after = _fingerprint(Path(settings.index))
+    assert after != before and after == exported.spec.fingerprint
+    assert report.refreshed_generation == 2
+    with Searcher(settings.index) as searcher:
+        assert searcher.search("flat bicycle tyre repair", k=1)[0].docid == "bike-01"
+
+
+def test_rerun_reuses_finished_steps_and_resumes_an_interrupted_one(adapted):
+    settings, first, _ = adapted
+    work = Path(first.work_dir)
+    stamps = {p: p.stat().st_mtime_ns for p in (work / "crop.jsonl", work / "mined-crop.jsonl", work / "train.jsonl",
+                                               work / "train" / "report.json", Path(settings.output, "model.safetensors"))}
+    again = adapt(settings)
+    assert {"crop", "mine-crop", "mix", "train", "export", "refresh"} <= set(again.skipped)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert IndexDir(settings.index).latest() == 2
+
+    # As if killed after the last checkpoint, before the report and the export were written:
+    losses = json.loads((work / "train" / "report.json").read_text())["losses"]
+    (work / "train" / "report.json").unlink()
+    shutil.rmtree(settings.output)  # the export is one atomic folder: all of it or none
+    resumed = adapt(settings)
+    assert {"crop", "mine-crop", "mix", "refresh"} <= set(resumed.skipped) and "train" not in resumed.skipped
+    assert json.loads((work / "train" / "report.json").read_text())["losses"] == losses  # no step redone
+    assert resumed.steps == first.steps and load_encoder(settings.output, device="cpu").spec.fingerprint == \
+        IndexDir(settings.index).read().encoder["fingerprint"]
+
+
+def test_training_worse_than_the_baseline_keeps_the_baseline(adapted, minilm):
+    settings, report, _ = adapted
+    assert report.baseline_kept and report.best_step == 0 and report.best == report.baseline
+    assert "baseline kept" in report.summary()
+    kept = load_encoder(settings.output, device="cpu", dtype=torch.float32)
+    np.testing.assert_allclose(kept.encode_documents(TEXTS), minilm.encode_documents(TEXTS), atol=1e-5)
+    wrecked = load_export(Path(report.work_dir) / "train" / "last")  # training did run, and moved the model
+    assert not np.allclose(wrecked.encode_documents(TEXTS), minilm.encode_documents(TEXTS), atol=1e-3)
+
+
+def test_bad_arguments_fail_before_any_work(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="output"):
+        adapt(AdaptSettings(corpus=TINY, model="minilm", output=str(foreign)))
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and (foreign / "notes.txt").read_text() == "mine"
+    with pytest.raises(UsageError, match="learning_rate"):
+        adapt(AdaptSettings(corpus=TINY, model="minilm", output=str(tmp_path / "o"), learning_rate=0.0))
+
+    from trainer.cli import adapt_cmd
+
+    result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"), "--batch-size", "0"])
+    assert isinstance(result.exception, UsageError) and "batch_size" in str(result.exception)
+    assert not (tmp_path / "o.adapt-work").exists()
+
+
+def test_negative_window_scales_down_for_small_corpora():
+    assert negative_window(5000) == negative_window(100) == (30, 50)
+    assert negative_window(30) == (9, 15) and negative_window(82) == (24, 41)
+    assert negative_window(3) == (2, 2)
+
+
+def test_loss_scores_dot_products_for_models_without_normalize():
+    """normalize=False equals sentence-transformers' MNRL with dot_score on the plain truncations, weighted
+    per dim (its MatryoshkaLoss re-normalizes truncations, so it cannot be the reference for dot products);
+    normalize=True still equals MatryoshkaLoss(MNRL with cos_sim)."""
+    from sentence_transformers import util
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+
+    class Precomputed(torch.nn.Module):
+        def forward(self, features):
+            return {"sentence_embedding": features["emb"]}
+
+        def get_embedding_dimension(self) -> int:
+            return 16
+
+    g = torch.Generator().manual_seed(0)
+    queries = 3 * torch.randn(4, 16, generator=g, dtype=torch.float64)  # norms far from 1: the two similarities differ
+    columns = [3 * torch.randn(4, 16, generator=g, dtype=torch.float64) for _ in range(3)]
+    grouped = torch.stack(columns, dim=1).reshape(-1, 16)
+    dims, weights, temperature = (16, 8), (1.0, 0.5), 5.0
+    model = Precomputed()
+
+    def mnrl(similarity):
+        return MultipleNegativesRankingLoss(model, scale=1 / temperature, similarity_fct=similarity)
+
+    dot_reference = sum(w * mnrl(util.dot_score)([{"emb": queries[:, :d]}, *({"emb": c[:, :d]} for c in columns)], None)
+                        for d, w in zip(dims, weights))
+    dot = MatryoshkaInfoNCE(temperature, dims, weights, normalize=False)(queries, grouped)
+    assert abs(dot.item() - dot_reference.item()) < 1e-9
+
+    cos_reference = MatryoshkaLoss(model, mnrl(util.cos_sim), list(dims), list(weights))(
+        [{"emb": queries}, *({"emb": c} for c in columns)], labels=None)
+    cosine = MatryoshkaInfoNCE(temperature, dims, weights)(queries, grouped)
+    assert abs(cosine.item() - cos_reference.item()) < 1e-9
+    assert abs(cosine.item() - dot.item()) > 1e-2
+
+
+def test_loader_honours_an_exported_drama_max_length(tmp_path):
+    """A DRAMA-family config.json cannot say max length; dramasearch_encoder.json does, and load_encoder reads it."""
+    from trainer_helpers import make_tiny_drama
+
+    tiny = make_tiny_drama(tmp_path / "tiny")
+    assert load_encoder(str(tiny), device="cpu").spec.max_length == 8192
+    export_encoder(load_encoder(str(tiny), device="cpu", dtype=torch.float32, max_length=64), tmp_path / "exported")
+    loaded = load_encoder(str(tmp_path / "exported"), device="cpu")
+    assert loaded.spec.max_length == 64 and len(loaded.tokenize(["word " * 500])[0]) == 64
+    assert load_encoder(str(tmp_path / "exported"), device="cpu", max_length=32).spec.max_length == 32  # an explicit one wins
+
+
+def test_training_scores_a_model_without_normalize_by_dot_product(tmp_path):
+    """train() hands the model's own similarity to the loss: on a MiniLM exported without Normalize
+    (and without dropout, in fp32, at temperature 1 so the loss is far from 0), the first step's loss is the dot-product InfoNCE of its embeddings."""
+    import dataclasses
+
+    from trainer.data import Passage, TrainingExample, write_examples
+    from trainer.train import TrainSettings, train
+
+    encoder = load_encoder("minilm", device="cpu", dtype=torch.float32)
+    encoder.spec = dataclasses.replace(encoder.spec, normalize=False)
+    encoder.model.config.hidden_dropout_prob = encoder.model.config.attention_probs_dropout_prob = 0.0
+    folder = export_encoder(encoder, tmp_path / "dot")
+    dot = load_encoder(str(folder), device="cpu", dtype=torch.float32)
+    assert not dot.spec.normalize
+    rows = [("why is the sky blue", "Air scatters blue light more than red.", "Bread goes stale as starch sets."),
+            ("how do tides work", "The Moon's pull raises the oceans twice a day.", "Oil a bike chain often.")]
+    write_examples(tmp_path / "train.jsonl", [TrainingExample(str(i), q, [Passage(f"p{i}", "", p)], [Passage(f"n{i}", "", n)])
+                                              for i, (q, p, n) in enumerate(rows)])
+    report = train(TrainSettings(model=str(folder), train_data=str(tmp_path / "train.jsonl"), output=str(tmp_path / "run"),
+                                 negatives_per_query=1, batch_size=2, max_steps=1, temperature=1.0, precision="fp32",
+                                 device="cpu", show_progress=False))
+    with torch.no_grad():
+        queries = dot.embed([q for q, _, _ in rows], dot.spec.query_prefix)
+        passages = dot.embed([t for _, p, n in rows for t in (p, n)], dot.spec.document_prefix)
+    expected = MatryoshkaInfoNCE(1.0, normalize=False)(queries, passages).item()
+    assert report.losses[0] == pytest.approx(expected, abs=1e-4)
+    assert abs(MatryoshkaInfoNCE(1.0)(queries, passages).item() - expected) > 0.1  # cosine would differ

@@ -1,0 +1,543 @@
+"""`adapt(settings)`: make a retriever better at one corpus without labels, then refresh an index.
+
+The whole DRAMA-style loop, composed from the trainer's parts (nothing here re-implements them):
+
+    1 index   a dramasearch index of CORPUS with the starting model, for mining: --index itself when
+              it is one, else built in the work folder (build_index; a rerun reuses it)
+    2 augment cropped-sentence queries (crop.py, inverse-cloze style: the sentence is removed from
+              its positive, so the model learns context, not string matching); optionally LLM
+              queries (queries.py, round-trip filtered)
+    3 mine    hard negatives from a rank window of the index's own vectors, with the relative-margin
+              filter against false negatives (mining.py)
+    4 mix     the sources mixed (mix.py), then split: a dev set carved from the augmented data
+              (held-out queries, their documents held out of training), the rest for training.
+              The collection's own queries and qrels are never read.
+    5 train   InfoNCE + Matryoshka (train.py) with the zero-shot baseline measured first on that dev
+              set; the best checkpoint is kept, and when nothing beats the baseline, the baseline is
+              kept and the report says so
+    6 export  the model to OUT (export.py)
+    7 refresh INDEX re-encoded with it, when one is given (dramasearch.index.refresh)
+
+Every step is resumable after `kill -9`: steps 2-4 write through resume.py's progress files (a
+finished output is skipped, an unfinished one continues, a changed setting is refused), step 1
+and 7 resume through dramasearch's own shard work files, step 5 through train.py's checkpoint,
+step 6 is one atomic folder. Work files live in `work_dir` (default `OUT.adapt-work`).
+
+Defaults for a ~5k-document corpus on this 2-core CPU with MiniLM, from the cranfield run
+(benchmarks/RESULTS_adapt.md; 1.4k documents, machine at load ~3.5): mining ran at ~21 queries/s,
+so 5k documents take ~4 min; the index ~28 docs/s, ~3 min; 5 dev evaluations of the
+1,000-document dev corpus ~3 min; a training step of 32 queries + 32 x (1 + 3) passages took
+75-86 s (fwd + bwd, bf16 autocast: far slower than the 3x-encoding estimate first assumed).
+So the CPU cap is 1,200 pairs = 37 steps, ~50 min of training: ~1 hour in all at that load.
+On a GPU the caps rise (20,000 pairs, batch 64, 7 negatives, LLM queries for 2,000 passages).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dramasearch import validate
+from dramasearch.errors import IndexFormatError, UsageError
+from dramasearch.fsutil import atomic_write_bytes
+from dramasearch.matryoshka import prepare
+
+from .augment.crop import CropConfig, crop_passage
+from .augment.mining import MiningConfig, mine_batch
+from .augment.mix import MixSource, mix_examples
+from .augment.resume import ResumableOutput, progress_path, run_batches
+from .augment.retrieval import DenseCorpus
+from .data import Passage, TrainingExample, read_examples
+
+WIDE_WINDOW = (30, 50)  # DRAMA's negative ranks, for corpora of at least SMALL_CORPUS documents
+SMALL_CORPUS = 100
+MIN_EXAMPLES = 10  # fewer cannot make a dev set (a fifth of them) and a training batch
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    """What `None` means for the size settings, by device (see the module doc for the arithmetic)."""
+
+    llm_passages: int
+    max_train_examples: int
+    batch_size: int
+    negatives_per_query: int
+
+
+CPU_DEFAULTS = DeviceDefaults(llm_passages=0, max_train_examples=1200, batch_size=32, negatives_per_query=3)
+GPU_DEFAULTS = DeviceDefaults(llm_passages=2000, max_train_examples=20000, batch_size=64, negatives_per_query=7)
+
+
+@dataclass
+class AdaptSettings:
+    corpus: str  # any corpus dramasearch reads (BEIR folder, jsonl, tsv, parquet, folder of .txt)
+    model: str  # the starting encoder: alias, hub id or folder
+    output: str  # the exported, adapted encoder folder
+    index: str | None = None  # an index to refresh with the adapted model at the end
+    work_dir: str | None = None  # step outputs; default OUT.adapt-work
+    device: str | None = None  # default: cuda when available, else cpu
+    llm_queries: int | None = None  # passages to write LLM queries for; None: 0 on CPU, 2000 on GPU
+    llm: str = "smollm2"  # causal LM for queries: "smollm2", a .gguf, a folder or a hub id
+    crops_per_passage: int = 1
+    negative_ranks: tuple[int, int] | None = None  # None: (30, 50), scaled down for corpora under 100 docs
+    margin_ratio: float | None = 0.95  # drop negatives scoring above this x the positive's score
+    max_train_examples: int | None = None  # None: 1,200 on CPU, 20,000 on GPU
+    max_steps: int | None = None  # None: one pass over the training examples
+    batch_size: int | None = None  # None: 32 on CPU, 64 on GPU
+    negatives_per_query: int | None = None  # None: 3 on CPU, 7 on GPU
+    learning_rate: float = 2e-5
+    temperature: float = 0.05  # MiniLM was trained at scale 20 (T = 0.05); DRAMA uses 0.02
+    warmup_ratio: float = 0.1
+    matryoshka_dims: tuple[int, ...] = ()
+    max_length: int | None = None  # training and exported max length; None: the model's
+    dev_queries: int = 200  # held-out augmented queries for model selection
+    dev_corpus_size: int = 1000  # the dev corpus: held-out documents, their negatives, then random others
+    evaluations: int = 4  # dev evaluations after the baseline, evenly spaced
+    seed: int = 0
+    show_progress: bool = True
+
+    @property
+    def work(self) -> Path:
+        return Path(self.work_dir) if self.work_dir else Path(f"{self.output}.adapt-work")
+
+    def check(self) -> None:
+        """Argument rules, before any model loads or anything is written."""
+        for name in ("corpus", "model", "output"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise UsageError(name, f"expected a non-empty path or name, got {getattr(self, name)!r:.40}")
+        validate.check_device(self.device)
+        validate.optional_integer("llm_queries", self.llm_queries, minimum=0)
+        validate.integer("crops_per_passage", self.crops_per_passage)
+        for name in ("max_train_examples", "max_steps", "batch_size", "max_length"):
+            validate.optional_integer(name, getattr(self, name))
+        validate.optional_integer("negatives_per_query", self.negatives_per_query, minimum=0)
+        validate.integer("dev_queries", self.dev_queries, minimum=1)
+        validate.integer("dev_corpus_size", self.dev_corpus_size, minimum=2)
+        validate.integer("evaluations", self.evaluations, minimum=1)
+        validate.integer("seed", self.seed, minimum=0)
+        for dim in self.matryoshka_dims:
+            validate.integer("matryoshka_dims", dim)
+        if self.negative_ranks is not None:
+            lo, hi = self.negative_ranks
+            validate.integer("negative_ranks", lo)
+            validate.integer("negative_ranks", hi, minimum=lo)
+        _positive("learning_rate", self.learning_rate)
+        _positive("temperature", self.temperature)
+        if self.margin_ratio is not None:
+            _positive("margin_ratio", self.margin_ratio)
+        if not 0 <= self.warmup_ratio < 1:
+            raise UsageError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if Path(self.work).resolve() == Path(self.output).resolve():
+            raise UsageError("work_dir", "must differ from the output folder (the export replaces that folder)")
+        out = Path(self.output)
+        if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / _metadata_file()).is_file()):
+            raise UsageError("output", f"{out} exists and is not an encoder folder written by dramasearch; "
+                                       "choose a new folder (the export replaces it)")
+        if self.index is not None:
+            from dramasearch.index.generation import IndexDir
+
+            if not IndexDir(self.index).is_index():
+                raise IndexFormatError(f"{self.index}: not a dramasearch index (no dramasearch-index.json); "
+                                       "build it first with `dramasearch build-index`, or leave out --index")
+
+
+@dataclass
+class AdaptReport:
+    output: str
+    work_dir: str
+    device: str
+    skipped: list[str] = field(default_factory=list)  # steps whose finished output was reused
+    seconds: dict[str, float] = field(default_factory=dict)  # per step, this run
+    corpus_documents: int = 0
+    crop_examples: int = 0
+    llm_examples: int = 0
+    mined: dict[str, dict[str, int]] = field(default_factory=dict)  # per source: examples, drop counts
+    negative_ranks: tuple[int, int] = WIDE_WINDOW
+    train_examples: int = 0
+    dev_queries: int = 0
+    dev_documents: int = 0
+    steps: int = 0
+    batch_size: int = 0
+    negatives_per_query: int = 0
+    baseline: float | None = None  # dev nDCG@10 of the starting model
+    best: float | None = None
+    best_step: int | None = None
+    baseline_kept: bool = False  # training ended below (or at) the baseline: OUT holds the starting model
+    refreshed_generation: int | None = None
+
+    def summary(self) -> str:
+        lines = [
+            f"corpus: {self.corpus_documents} documents; augmented: {self.crop_examples} cropped-sentence queries"
+            + (f", {self.llm_examples} LLM queries" if self.llm_examples else ""),
+            "mined (negative ranks {}-{}): {}".format(*self.negative_ranks, "; ".join(
+                f"{k}: {v.get('examples', 0)} kept, {v.get('dropped_by_margin', 0)} negatives dropped by the margin, "
+                f"{v.get('dropped_few_negatives', 0)} queries without enough negatives" for k, v in self.mined.items())),
+            f"training: {self.train_examples} examples, {self.steps} steps of batch {self.batch_size} "
+            f"with {self.negatives_per_query} hard negatives; dev: {self.dev_queries} held-out queries over "
+            f"{self.dev_documents} documents",
+        ]
+        if self.baseline is not None:
+            lines.append(f"dev nDCG@10: baseline {self.baseline:.4f}, best {self.best:.4f} at step {self.best_step}")
+        if self.baseline_kept:
+            lines.append("training did not beat the starting model on the dev set: "
+                         f"{self.output} holds the starting model (baseline kept)")
+        lines.append(f"model: {self.output}")
+        if self.refreshed_generation is not None:
+            lines.append(f"index refreshed: generation {self.refreshed_generation}")
+        if self.skipped:
+            lines.append(f"reused finished steps: {', '.join(self.skipped)}")
+        lines.append("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+
+def adapt(settings: AdaptSettings) -> AdaptReport:
+    """Run (or resume) the loop of the module doc; returns what each step did."""
+    import torch
+
+    settings.check()
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    defaults = GPU_DEFAULTS if device.startswith("cuda") else CPU_DEFAULTS
+    work = settings.work
+    work.mkdir(parents=True, exist_ok=True)
+    report = AdaptReport(output=settings.output, work_dir=str(work), device=device)
+    report.batch_size = _or(settings.batch_size, defaults.batch_size)
+    report.negatives_per_query = _or(settings.negatives_per_query, defaults.negatives_per_query)
+    corpus = str(Path(settings.corpus).resolve())
+
+    side = MiningSide(settings, work / "index", device, report)
+    with _timed(report, "augment", side):
+        sources = {"crop": _crop(settings, corpus, side, work / "crop.jsonl", report)}
+        llm_passages = _or(settings.llm_queries, defaults.llm_passages)
+        if llm_passages:
+            sources["llm"] = _llm_queries(settings, corpus, side, llm_passages, work / "llm.jsonl", device, report)
+    report.crop_examples = _count(sources["crop"])
+    report.llm_examples = _count(sources["llm"]) if "llm" in sources else 0
+    report.negative_ranks = settings.negative_ranks or negative_window(report.corpus_documents)
+
+    with _timed(report, "mine", side):
+        config = MiningConfig(negative_ranks=report.negative_ranks, margin_ratio=settings.margin_ratio,
+                              max_negatives=max(report.negatives_per_query, 1))
+        mined = {name: _mine(side, path, work / f"mined-{name}.jsonl", config, report) for name, path in sources.items()}
+
+    with _timed(report, "mix", side):
+        split = _mix_and_split(settings, side, mined, work, _or(settings.max_train_examples, defaults.max_train_examples),
+                               report)
+    report.train_examples, report.dev_queries, report.dev_documents = split["train"], split["dev"], split["dev_documents"]
+    side.release()
+
+    with _timed(report, "train"):
+        trained = _train(settings, work, device, report)
+    report.steps = trained.steps
+    report.baseline, report.best, report.best_step = trained.baseline, trained.best_score, trained.best_step
+    report.baseline_kept = trained.baseline_kept
+
+    with _timed(report, "export"):
+        _export(settings, Path(trained.model_dir), trained, report)
+
+    if settings.index is not None:
+        with _timed(report, "refresh"):
+            report.refreshed_generation = _refresh(settings, corpus, trained, report)
+    atomic_write_bytes(work / "adapt-report.json", json.dumps(dataclasses.asdict(report), indent=1).encode())
+    return report
+
+
+def negative_window(documents: int) -> tuple[int, int]:
+    """DRAMA's ranks 30-50, or for a small corpus the same share of it (ranks 30%-50%, from 2)."""
+    if documents >= SMALL_CORPUS:
+        return WIDE_WINDOW
+    lo = max(2, documents * 3 // 10)
+    return lo, max(lo, documents // 2)
+
+
+# --- step 1: the mining index ---------------------------------------------------------------
+
+class MiningSide:
+    """The starting encoder and the mining retriever's document side, loaded on first use only, so a
+    rerun whose augmentation, mining and mix are finished loads neither.
+
+    The documents are the stored vectors of an index of the corpus built with the starting model, so
+    the corpus is encoded once: --index itself when it already is one (same model fingerprint and max
+    length, stored text, one row per document), else adapt's own work index, built (or on a rerun
+    reused) here."""
+
+    def __init__(self, settings: AdaptSettings, folder: Path, device: str, report: AdaptReport):
+        self.settings, self.folder, self.device, self.report = settings, folder, device, report
+        self._encoder = None
+        self._dense: DenseCorpus | None = None
+        self.seconds = 0.0  # spent building or reading the index (reported apart from the step that needed it)
+
+    def encoder(self):
+        if self._encoder is None:
+            from dramasearch.models import load_encoder
+
+            self._encoder = load_encoder(self.settings.model, device=self.device, max_length=self.settings.max_length)
+        return self._encoder
+
+    def dense(self) -> DenseCorpus:
+        if self._dense is None:
+            started = time.perf_counter()
+            self._dense = self._load()
+            self.seconds = time.perf_counter() - started
+            self.report.seconds["index"] = round(self.seconds, 1)
+        return self._dense
+
+    def release(self) -> None:
+        self._encoder = self._dense = None  # free memory before training loads its own copy
+
+    def _load(self) -> DenseCorpus:
+        from dramasearch.index.build import BuildSettings, build_index
+        from dramasearch.index.generation import IndexDir
+        from dramasearch.index.snapshot import Snapshot
+
+        encoder, settings, folder = self.encoder(), self.settings, self.folder
+        if settings.index is not None and _usable_for_mining(IndexDir(settings.index).read(), encoder):
+            folder = Path(settings.index)
+            self.report.skipped.append("index (--index reused)")
+        else:
+            build_index(BuildSettings(corpus=settings.corpus, output=str(folder), model=settings.model,
+                                      store_text=True, max_length=settings.max_length,
+                                      show_progress=settings.show_progress), encoder=encoder)
+        snap = Snapshot(folder, checks="cheap")
+        try:
+            if not _usable_for_mining(snap.generation, encoder):
+                raise IndexFormatError(f"{folder} was built with another model or settings; delete it "
+                                       "(it is adapt's work index)")
+            passages, rows = [], []
+            for i, segment in enumerate(snap.segments):
+                vectors = np.concatenate(list(segment.vector_blocks()))
+                for doc, start, _ in snap.live_documents(i):
+                    title, text = segment.fields(doc)
+                    passages.append(Passage(segment.docid(doc), title, text))
+                    rows.append(vectors[start])
+        finally:
+            snap.close()
+        return DenseCorpus(passages, prepare(np.stack(rows), None, encoder.spec.normalize))
+
+
+def _usable_for_mining(generation, encoder) -> bool:
+    return (generation.encoder.get("fingerprint") == encoder.spec.fingerprint
+            and generation.encoder.get("max_length") == encoder.spec.max_length
+            and bool(generation.settings.get("store_text")) and generation.settings.get("long_doc") == "full")
+
+
+# --- step 2: augmentation -------------------------------------------------------------------
+
+def _crop(settings: AdaptSettings, corpus: str, side: MiningSide, out: Path, report: AdaptReport) -> Path:
+    config = CropConfig(queries_per_passage=settings.crops_per_passage, remove_from_positive=True, seed=settings.seed)
+    output = ResumableOutput(out, {"step": "crop", "corpus": corpus, **dataclasses.asdict(config)})
+    if output.progress.finished:
+        report.skipped.append("crop")
+    else:
+        passages = side.dense().passages
+        run_batches(output, passages, lambda _, batch: ([e for p in batch for e in crop_passage(p, config)], {}),
+                    batch_size=1000, total=len(passages), desc="crop")
+    report.corpus_documents = output.progress.inputs_done
+    return out
+
+
+def _llm_queries(settings: AdaptSettings, corpus: str, side: MiningSide, passages: int, out: Path, device: str,
+                 report: AdaptReport) -> Path:
+    from .augment.queries import QueryGenConfig, generate_queries
+    from .llm import load_causal_lm
+
+    progress = progress_path(out)  # peek, so a finished run does not load the LLM
+    if progress.is_file() and json.loads(progress.read_text(encoding="utf-8")).get("finished"):
+        report.skipped.append("llm-queries")
+        return out
+    lm = load_causal_lm(settings.llm, device=device)
+    generate_queries(corpus, out, lm, side.encoder(), QueryGenConfig(seed=settings.seed), limit=passages)
+    return out
+
+
+# --- step 3: mining ---------------------------------------------------------------------------
+
+def _mine(side: MiningSide, examples: Path, out: Path, config: MiningConfig, report: AdaptReport) -> Path:
+    """mining.py's batches over the index's vectors (mine_negatives would re-encode the corpus)."""
+    output = ResumableOutput(out, {"step": "mining", "examples": str(examples.resolve()),
+                                   "model": side.encoder().spec.fingerprint, "batch_size": 256,
+                                   **dataclasses.asdict(config)})
+    if output.progress.finished:
+        report.skipped.append(f"mine-{examples.stem}")
+    progress = run_batches(output, read_examples(examples),
+                           lambda _, batch: mine_batch(side.encoder(), side.dense(), batch, config),
+                           batch_size=256, desc="mining")
+    report.mined[examples.stem] = {"examples": progress.examples, **progress.counts}
+    return out
+
+
+# --- step 4: mix and carve the dev set ----------------------------------------------------------
+
+def _mix_and_split(settings: AdaptSettings, side: MiningSide, mined: dict[str, Path], work: Path, cap: int,
+                   report: AdaptReport) -> dict[str, int]:
+    """Mix the sources, hold out dev queries whose documents no training example uses, write the dev
+    corpus (held-out documents as their positives read, their negatives, random others) and train.jsonl."""
+    out = work / "train.jsonl"
+    config = {"step": "mix", "sources": {k: str(v.resolve()) for k, v in mined.items()}, "cap": cap,
+              "dev_queries": settings.dev_queries, "dev_corpus_size": settings.dev_corpus_size, "seed": settings.seed}
+    output = ResumableOutput(out, config)
+    if output.progress.inputs_done:  # written in one commit: a crash before finish() lost nothing
+        output.finish()
+        report.skipped.append("mix")
+        return output.progress.counts
+    sizes = {k: _count(v) for k, v in mined.items()}
+    if not sum(sizes.values()):
+        raise UsageError("corpus", f"{settings.corpus}: no training example survived mining; the corpus is too small "
+                                   "or its documents have no sentences of 4-64 words")
+    present = [k for k in mined if sizes[k]]
+    mix_examples([MixSource(mined[k], sizes[k], k) for k in present], work / "mix.jsonl", seed=settings.seed)
+    mixed = list(read_examples(work / "mix.jsonl"))
+    if len(mixed) < MIN_EXAMPLES:
+        raise UsageError("corpus", f"{settings.corpus}: only {len(mixed)} training examples survived mining, fewer "
+                                   f"than {MIN_EXAMPLES}; adaptation needs a larger corpus")
+    dev, dev_docids = [], set()
+    for example in mixed:
+        if len(dev) == min(settings.dev_queries, len(mixed) // 5):
+            break
+        docid = example.positives[0].docid
+        if docid not in dev_docids:
+            dev.append(example)
+            dev_docids.add(docid)
+    held = {id(e) for e in dev}
+    train = [e for e in mixed if id(e) not in held and not dev_docids & {p.docid for p in e.positives}][:cap]
+    dev_documents = _write_dev_set(work / "dev", side.dense(), dev, settings.dev_corpus_size, settings.seed)
+    counts = {"train": len(train), "dev": len(dev), "dev_documents": dev_documents}
+    output.commit(len(mixed), train, counts)
+    output.finish()
+    return counts
+
+
+def _write_dev_set(folder: Path, dense: DenseCorpus, dev: list[TrainingExample], size: int, seed: int) -> int:
+    """BEIR files the trainer's DevSet reads. A held-out document appears as its example's positive
+    (for a crop: the document without the query sentence), so the dev task is not string matching."""
+    documents: dict[str, Passage] = {e.positives[0].docid: e.positives[0] for e in dev}
+    for example in dev:
+        for p in example.negatives:
+            documents.setdefault(p.docid, dense.passages[dense.position(p.docid)])
+    others = [p for p in dense.passages if p.docid not in documents]
+    random.Random(seed).shuffle(others)
+    for p in others[: max(0, size - len(documents))]:
+        documents[p.docid] = p
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_lines(folder / "corpus.jsonl", [{"_id": p.docid, "title": p.title, "text": p.text} for p in documents.values()])
+    _write_lines(folder / "queries.jsonl", [{"_id": e.query_id, "text": e.query} for e in dev])
+    qrels = "query-id\tcorpus-id\tscore\n" + "".join(f"{e.query_id}\t{e.positives[0].docid}\t1\n" for e in dev)
+    atomic_write_bytes(folder / "qrels.tsv", qrels.encode("utf-8"))
+    return len(documents)
+
+
+# --- steps 5-7 -------------------------------------------------------------------------------
+
+def _train(settings: AdaptSettings, work: Path, device: str, report: AdaptReport):
+    from .train import RESUMABLE_CHANGES, TrainReport, TrainSettings, train
+
+    examples = report.train_examples
+    steps = settings.max_steps or max(1, examples // report.batch_size)
+    every = max(1, -(-steps // settings.evaluations))
+    dev = work / "dev"
+    train_settings = TrainSettings(
+        model=settings.model, train_data=str(work / "train.jsonl"), output=str(work / "train"),
+        negatives_per_query=report.negatives_per_query, batch_size=min(report.batch_size, examples),
+        max_steps=steps, learning_rate=settings.learning_rate, warmup_steps=int(settings.warmup_ratio * steps),
+        temperature=settings.temperature, matryoshka_dims=tuple(settings.matryoshka_dims),
+        max_length=settings.max_length, seed=settings.seed, save_steps=every, eval_steps=every,
+        dev_corpus=str(dev / "corpus.jsonl"), dev_queries=str(dev / "queries.jsonl"), dev_qrels=str(dev / "qrels.tsv"),
+        device=device, show_progress=settings.show_progress,
+    )
+    report.batch_size = train_settings.batch_size
+    state, done = work / "train" / "checkpoint" / "state.json", work / "train" / "report.json"
+    if state.is_file():
+        saved, current = json.loads(state.read_text(encoding="utf-8"))["settings"], train_settings.to_dict()
+        changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+        if changed:
+            raise UsageError(", ".join(changed), f"{work / 'train'} was trained with other settings; rerun with the "
+                             "same ones to resume, or delete it (or use another --work-dir) to train anew")
+        if done.is_file():
+            report.skipped.append("train")
+            raw = json.loads(done.read_text(encoding="utf-8"))
+            raw["evaluations"] = [tuple(e) for e in raw["evaluations"]]
+            return TrainReport(**raw)
+    return train(train_settings)
+
+
+def _export(settings: AdaptSettings, model_dir: Path, trained, report: AdaptReport) -> None:
+    import torch
+
+    from .export import METADATA_FILE, export_encoder, load_encoder
+
+    out = Path(settings.output)
+    facts = {"source_model": settings.model, "train_step": trained.best_step, "baseline_kept": trained.baseline_kept,
+             "dev_ndcg@10": trained.best_score, "baseline_dev_ndcg@10": trained.baseline,
+             "work_dir": str(settings.work.resolve())}
+    meta_path = out / METADATA_FILE
+    if meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")).get("adapt") == facts:
+        report.skipped.append("export")
+        return
+    trained_meta = json.loads((model_dir / METADATA_FILE).read_text(encoding="utf-8"))
+    encoder = load_encoder(model_dir, device="cpu", dtype=torch.float32)
+    export_encoder(encoder, out, extra={"training": trained_meta.get("training"), "adapt": facts})
+
+
+def _refresh(settings: AdaptSettings, corpus: str, trained, report: AdaptReport) -> int:
+    """Refresh --index to OUT, unless it already holds OUT, or the starting model that OUT equals
+    (baseline kept): re-encoding would give the same vectors."""
+    from dramasearch.index.generation import IndexDir
+    from dramasearch.index.refresh import refresh
+    from dramasearch.models import load_encoder
+
+    latest = IndexDir(settings.index).read()
+    current = latest.encoder.get("fingerprint")
+    if trained.baseline_kept and current == load_encoder(settings.model, device="cpu").spec.fingerprint:
+        report.skipped.append("refresh (the index holds the starting model, which was kept)")
+        return latest.generation
+    new = load_encoder(settings.output, device=report.device)
+    if current == new.spec.fingerprint:
+        report.skipped.append("refresh")
+        return latest.generation
+    return refresh(settings.index, encoder=new, corpus=None if latest.settings.get("store_text") else corpus,
+                   show_progress=settings.show_progress).generation
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+class _timed:
+    """Seconds of one step into the report, less what the mining index took inside it."""
+
+    def __init__(self, report: AdaptReport, step: str, side: MiningSide | None = None):
+        self.report, self.step, self.side = report, step, side
+
+    def __enter__(self) -> None:
+        self.started, self.index_before = time.perf_counter(), self.side.seconds if self.side else 0.0
+
+    def __exit__(self, *exc: Any) -> None:
+        index = (self.side.seconds if self.side else 0.0) - self.index_before
+        self.report.seconds[self.step] = round(time.perf_counter() - self.started - index, 1)
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _count(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def _positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise UsageError(name, f"must be a number > 0, got {value!r:.40}")
+
+
+def _metadata_file() -> str:
+    from .export import METADATA_FILE
+
+    return METADATA_FILE
+
+
+def _write_lines(path: Path, records: list[dict]) -> None:
+    atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
