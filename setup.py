@@ -21,6 +21,7 @@ setup(
         "datasets>=3.0",
         "pyarrow",
         "tqdm",  # progress bars with rates: docs/s and tokens/s during long encodes
+        "psutil",  # the default memory budget of `--index auto` (half the available RAM)
         "pytrec-eval-terrier>=0.5.6",  # trec_eval's own C code, so metrics equal trec_eval's
     ],
     extras_require={
