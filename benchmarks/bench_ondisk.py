@@ -14,7 +14,7 @@ Each phase runs in a fresh spawned interpreter (peak RSS is its own, from /proc 
   the kernel can drop), against the index size; recall@10 against exact search over the
   same stored rows (fp16, renormalized), computed by brute force in blocks in the parent.
 `--memory-limit 1G` runs the search in a memory cgroup (page cache included); at 2M rows and
-300-query batches it thrashes (see RESULTS_scale.md), so the default is no limit.
+300-query batches it thrashes (see RESULTS.md §11), so the default is no limit.
 Also prints the memory-budget rule's choice at three budgets for this index's shape.
 
     flock /work/notes/heavy.lock python benchmarks/bench_ondisk.py [--rows 2000000] [--out benchmarks/out/ondisk]

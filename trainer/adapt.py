@@ -24,7 +24,7 @@ and 7 resume through dramasearch's own shard work files, step 5 through train.py
 step 6 is one atomic folder. Work files live in `work_dir` (default `OUT.adapt-work`).
 
 Defaults for a ~5k-document corpus on this 2-core CPU with MiniLM, from the cranfield run
-(benchmarks/RESULTS_adapt.md; 1.4k documents, machine at load ~3.5): mining ran at ~21 queries/s,
+(benchmarks/RESULTS.md §13; 1.4k documents, machine at load ~3.5): mining ran at ~21 queries/s,
 so 5k documents take ~4 min; the index ~28 docs/s, ~3 min; 5 dev evaluations of the
 1,000-document dev corpus ~3 min; a training step of 32 queries + 32 x (1 + 3) passages took
 75-86 s (fwd + bwd, bf16 autocast: far slower than the 3x-encoding estimate first assumed).
