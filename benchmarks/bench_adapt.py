@@ -5,7 +5,7 @@ The loop as a user runs it: an index of the corpus built with the starting model
 then the same evaluation (`dramasearch evaluate` semantics, flat index, full dim) on the refreshed
 index. The test queries and qrels are read only here, for evaluation; adapt sees the corpus only.
 
-    flock /work/notes/heavy.lock nohup python benchmarks/bench_adapt.py --data ../shared/data/cranfield \\
+    nohup python benchmarks/bench_adapt.py --data ../shared/data/cranfield \\
         --out benchmarks/out/adapt/cranfield > benchmarks/out/adapt-cranfield.log 2>&1 &
 """
 from __future__ import annotations

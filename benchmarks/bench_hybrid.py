@@ -15,7 +15,7 @@ Also reported:
 
 Builds resume: a folder whose shards were encoded before (e.g. `build-index ... --shard 0/1`)
 is assembled without re-encoding. Run under the shared lock:
-    flock /work/notes/heavy.lock python benchmarks/bench_hybrid.py --out benchmarks/out/hybrid/results.json
+    python benchmarks/bench_hybrid.py --out benchmarks/out/hybrid/results.json
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ Each phase runs in a fresh spawned interpreter (peak RSS is its own, from /proc 
 300-query batches it thrashes (see RESULTS.md §11), so the default is no limit.
 Also prints the memory-budget rule's choice at three budgets for this index's shape.
 
-    flock /work/notes/heavy.lock python benchmarks/bench_ondisk.py [--rows 2000000] [--out benchmarks/out/ondisk]
+    python benchmarks/bench_ondisk.py [--rows 2000000] [--out benchmarks/out/ondisk]
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ timings include what a user waits for (model load, and for Ray the cluster start
 - kill -9 of the Ray driver once about half the shards are on disk: the shards it left, the
   ones the rerun encoded (must be exactly the others), and which Ray processes outlived it.
 
-    flock /work/notes/heavy.lock python benchmarks/bench_ray.py [--data ../shared/data/cranfield]
+    python benchmarks/bench_ray.py [--data ../shared/data/cranfield]
 """
 from __future__ import annotations
 

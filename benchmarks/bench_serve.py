@@ -12,7 +12,7 @@ Living run (--live): a copy of the index is served while 32 clients search and a
 deletes --live-docs documents, adds them back, then deletes them again (three commits, real
 `dramasearch` subprocesses); errors must be 0 and /info must reach the last generation.
 
-    flock /work/notes/heavy.lock python benchmarks/bench_serve.py [--live]
+    python benchmarks/bench_serve.py [--live]
 """
 from __future__ import annotations
 
