@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from typing import Iterator
 
 from ..errors import IndexDamagedError, IndexFormatError
 from ..fsutil import atomic_write_bytes
+from .files import file_sha256
 from .records import read_record, record_bytes
 
 try:
@@ -108,13 +108,6 @@ def read_generation(path: Path) -> Generation:
         return Generation(**raw)
     except TypeError as exc:
         raise IndexDamagedError(f"{path}: generation file has unexpected fields ({exc})") from None
-
-
-def _sha256_or_none(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return None
 
 
 def work_segment(path: Path) -> str:
@@ -209,8 +202,9 @@ class IndexDir:
                 gen = read_generation(path)
             except IndexDamagedError:
                 continue
+            records = [self.segments / ref.name / "segment.json" for ref in gen.refs()]
             if gen.index_id != marker_id and all(
-                    _sha256_or_none(self.segments / ref.name / "segment.json") == ref.info_sha256 for ref in gen.refs()):
+                    path.is_file() and file_sha256(path) == ref.info_sha256 for path, ref in zip(records, gen.refs())):
                 self.write_marker(gen.index_id)
                 return
             break

@@ -206,10 +206,6 @@ def read_postings(folder: Path, config: LexicalConfig, documents: int) -> Postin
         raise IndexFormatError(f"{folder / SIDECAR}: settings or document count ({sidecar['documents']}) differ "
                                f"from the generation ({documents} documents); the index is damaged: "
                                "run `dramasearch verify`")
-    for name, info in sidecar["files"].items():
-        problem = file_problem(folder / name, info, full=False)
-        if problem:
-            raise IndexDamagedError(problem)
     data = (folder / TERMS).read_bytes()
     offsets = load_npy(folder / TERM_OFFSETS).tolist()
     terms = [data[offsets[i]:offsets[i + 1]].decode("utf-8", "surrogatepass") for i in range(len(offsets) - 1)]

@@ -87,11 +87,7 @@ class Snapshot:
             if ref.deletes is None:
                 rows = np.empty(0, dtype=np.int64)
             else:
-                path = self.segments[i].folder / ref.deletes["file"]
-                problem = file_problem(path, ref.deletes, full=False)
-                if problem:
-                    raise IndexDamagedError(problem)
-                rows = load_npy(path).astype(np.int64)
+                rows = load_npy(self.segments[i].folder / ref.deletes["file"]).astype(np.int64)  # checked at open
             self._deleted[i] = rows
         return self._deleted[i]
 
@@ -140,11 +136,7 @@ class Snapshot:
             key = (i, name)
             if key not in self._faiss:
                 reused = self._previous_faiss.get((str(path), entry["sha256"]))
-                if reused is None:
-                    for file in entry_files(entry):  # an on-disk index's .ivfdata too
-                        problem = file_problem(self.segments[i].folder / file["file"], file, full=False)
-                        if problem:
-                            raise IndexDamagedError(problem)
+                if reused is None:  # its files (an on-disk index's .ivfdata too) were checked at open
                     try:
                         reused = load_index(path, spec, mmap=mmap)
                     except RuntimeError as exc:  # FAISS reports unreadable files as RuntimeError
