@@ -10,7 +10,6 @@ The shard files of the build's segment serve three needs:
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -26,7 +25,7 @@ from .files import sha256_bytes
 from .generation import Generation, IndexDir, _now
 from .lexical import LexicalConfig, tokenizer, write_from_documents
 from .ray_backend import BACKENDS, RayOptions
-from .records import read_record, record_bytes
+from .records import as_read, read_record, record_bytes
 from .segment import ShardInfo, read_segment_info, seal_segment
 from .snapshot import verify_index
 from .writer import DEFAULT_SHARD_SIZE, RowSettings, SegmentReport, batched, content_sha256, \
@@ -333,8 +332,9 @@ def _readable_generation(idx: IndexDir, latest: int | None) -> Generation | None
 def _check_same_build(idx: IndexDir, settings: BuildSettings, generation: Generation, key: dict) -> None:
     """A rerun on a committed index must be the same build of the same corpus."""
     committed = generation.settings.get("build_key")
-    if committed != json.loads(json.dumps(key)):
-        changed = sorted(k for k in key if committed is None or json.loads(json.dumps(key[k])) != committed.get(k))
+    key = as_read(key)
+    if committed != key:
+        changed = sorted(k for k in key if committed is None or key[k] != committed.get(k))
         raise IndexFormatError(
             f"{idx.root} holds a build made with other settings ({', '.join(changed)} differ); "
             "use a new output folder, or `dramasearch refresh` to re-encode with another model"

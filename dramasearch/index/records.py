@@ -19,9 +19,14 @@ def _canonical(body: dict) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def as_read(data: dict) -> dict:
+    """`data` as it reads back from JSON (tuples become lists), to compare with a stored record."""
+    return json.loads(json.dumps(data))
+
+
 def record_bytes(data: dict, indent: int | None = None) -> bytes:
-    """`data` as JSON with a checksum of its canonical form (tuples become lists first)."""
-    body = json.loads(json.dumps({k: v for k, v in data.items() if k != CHECKSUM}))
+    """`data` as JSON with a checksum of its canonical form."""
+    body = as_read({k: v for k, v in data.items() if k != CHECKSUM})
     digest = hashlib.sha256(_canonical(body)).hexdigest()
     return json.dumps({**body, CHECKSUM: digest}, indent=indent).encode()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from .files import FileCache, file_sha256
 from .generation import IndexDir, SegmentRef
 from .lexical import SIDECAR as LEXICAL_SIDECAR
 from .ondisk import build_ondisk
-from .records import read_record, record_bytes
+from .records import as_read, read_record, record_bytes
 from .segment import SEGMENT_FILE, Segment, SegmentInfo, ShardData, ShardInfo, read_shard_info, shard_is_whole, write_shard
 
 DEFAULT_SHARD_SIZE = 10_000
@@ -92,7 +91,7 @@ def start_work(idx: IndexDir, operation: str, segment: str, key: dict, keep: boo
     """
     path = idx.work / f"{segment}.json"
     record = {"operation": operation, "segment": segment, "key": key}
-    if read_work(idx, segment) == json.loads(json.dumps(record)):
+    if read_work(idx, segment) == as_read(record):
         return idx.segments / segment
     if not keep:
         shutil.rmtree(idx.segments / segment, ignore_errors=True)  # uncommitted work of other settings
