@@ -97,6 +97,26 @@ def test_truncated_ivfdata_is_refused_before_search(tmp_path):
         load_index(path, spec)
 
 
+@pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc/self/smaps to read VmFlags")
+def test_ondisk_lists_are_mapped_for_random_reads(tmp_path):
+    """Readahead on the lists' mapping thrashed a memory-limited search (RESULTS.md section 11):
+    the mapping must carry the kernel's random-read flag ("rr" in smaps VmFlags)."""
+    spec = choose_spec("ivf-disk", DIM, N)
+    path = tmp_path / spec.filename
+    build_ondisk(spec, _batches(CORPUS), N, path)
+    index = read_ondisk(path)
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    start = f"{int(lists.ptr):x}-"
+    flags = None
+    for block in Path("/proc/self/smaps").read_text().split("\n")[:-1]:
+        if block.startswith(start):
+            flags = ""  # the block of our mapping: its VmFlags line follows
+        elif flags == "" and block.startswith("VmFlags:"):
+            flags = block.split()[1:]
+    assert flags is not None and "rr" in flags, flags
+    assert index.search(QUERIES[:2], K)[1].shape == (2, K)  # still searchable
+
+
 def _imported(tmp_path: Path, kind: str, rows: int = 12_000, dim: int = 32) -> tuple[Path, np.ndarray]:
     """An index folder made by import-vectors (one segment over MIN_TRAINED_ROWS, so `kind` is kept)."""
     vectors = _clustered(rows, dim, np.random.default_rng(3))
