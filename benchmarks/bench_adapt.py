@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cranfield"))
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--out", default="benchmarks/out/adapt/cranfield")
+    parser.add_argument("--bm25", action="store_true", help="build the index with --bm25 (or reuse one built so)")
     parser.add_argument("--reader-pause", type=float, default=0.5, help="seconds between the reader's searches")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
@@ -78,7 +79,8 @@ def main() -> None:
     index = out / "index"
 
     started = time.perf_counter()
-    build_index(BuildSettings(corpus=str(data), output=str(index), model=args.model, store_text=True))
+    build_index(BuildSettings(corpus=str(data), output=str(index), model=args.model, store_text=True,
+                              bm25=args.bm25))
     build_seconds = time.perf_counter() - started
     before = evaluate(index, queries, qrels)
     print(f"before: {before}", flush=True)
