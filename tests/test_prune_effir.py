@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from dramasearch.errors import UsageError
 from dramasearch.models import load_encoder
 from test_llama_shapes import TEXTS, plan_as_gates, save_tiny_checkpoint
 from trainer.prune.effir import calibrate, effir_plan, effir_prune
@@ -97,8 +98,9 @@ def test_plan_drops_the_most_redundant_and_keeps_the_most_important(enc):
         if i != top_mlp:
             order = torch.argsort(calibration.neuron_importance[i], descending=True)
             assert keep.neurons == sorted(order[:32].tolist())
-    with pytest.raises(ValueError, match="cannot drop 4 mlp sub-layers: the model has 3"):
+    with pytest.raises(UsageError, match="cannot drop 4 mlp sub-layers: the model has 3") as raised:
         calibration.most_redundant("mlp", 4)
+    assert raised.value.argument == "drop_mlp"
 
 
 def test_effir_prune_writes_a_smaller_encoder_equal_to_the_masked_one(enc, tiny, tmp_path):
@@ -116,6 +118,6 @@ def test_effir_prune_writes_a_smaller_encoder_equal_to_the_masked_one(enc, tiny,
 
 
 def test_effir_refuses_to_overwrite_its_source(tiny):
-    with pytest.raises(ValueError, match="would replace the model it comes from"):
+    with pytest.raises(UsageError, match="would replace the model it comes from"):
         effir_prune(tiny, tiny, TEXTS, drop_mlp=1, max_length=32)
     assert load_encoder(str(tiny), device="cpu", dtype=torch.float32).model.config.num_hidden_layers == 3

@@ -16,6 +16,7 @@ import transformers
 from click.testing import CliRunner
 
 from conftest import LLAMA3_TOKENIZER, shared_path
+from dramasearch.errors import UsageError
 from dramasearch.models import load_encoder
 from test_llama_shapes import TEXTS, save_tiny_checkpoint, tiny_config
 from trainer.prune.cli import COMMANDS
@@ -66,9 +67,11 @@ def test_loop_pulls_expected_shape_to_target_and_final_masks_hit_it_exactly(one_
 
 def test_unreachable_targets_are_refused():
     lm = ShapedLlamaForCausalLM(tiny_config(vocab_size=300, eos_token_id=1, bos_token_id=0))
-    for targets, message in [({"heads": 3}, "must be a multiple of 2"), ({"layers": 4}, "between 1 and the model's 3")]:
-        with pytest.raises(ValueError, match=message):
+    for targets, message, argument in [({"heads": 3}, "must be a multiple of 2", "target_heads"),
+                                       ({"layers": 4}, "between 1 and the model's 3", "target_layers")]:
+        with pytest.raises(UsageError, match=message) as raised:
             learn_masks(lm, random_batches(300), ShearedSettings(targets=targets, steps=1))
+        assert raised.value.argument == argument
 
 
 def test_lm_batches_are_bos_led_windows_with_padding_masked():

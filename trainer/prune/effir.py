@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from dramasearch.encoder import Encoder
+from dramasearch.errors import UsageError
 from dramasearch.models import load_encoder
 
 from .shapes import PrunePlan, full_plan, prune_llama, save_pruned
@@ -37,7 +38,7 @@ class Calibration:
         scores = {"mlp": self.mlp, "attention": self.attention}[kind]
         present = [i for i, s in enumerate(scores) if s is not None]
         if n > len(present):
-            raise ValueError(f"cannot drop {n} {kind} sub-layers: the model has {len(present)}")
+            raise UsageError(f"drop_{kind}", f"cannot drop {n} {kind} sub-layers: the model has {len(present)}")
         return sorted(sorted(present, key=lambda i: -scores[i])[:n])
 
 
@@ -128,7 +129,7 @@ def effir_plan(model, calibration: Calibration, drop_mlp: int = 0, drop_attentio
                mlp_keep: float = 1.0) -> PrunePlan:
     """Drop the most redundant MLP / attention sub-layers, then keep the top `mlp_keep` fraction of each MLP's neurons."""
     if not 0.0 < mlp_keep <= 1.0:
-        raise ValueError(f"mlp_keep must be in (0, 1], got {mlp_keep}")
+        raise UsageError("mlp_keep", f"must be in (0, 1], got {mlp_keep}")
     plan = full_plan(model)
     for i in calibration.most_redundant("mlp", drop_mlp):
         plan.layers[i].neurons = []

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from dramasearch.llama_shapes import layer_shapes
+from dramasearch.errors import UsageError
 
 from .shapes import LayerKeep, PrunePlan, base_model
 
@@ -148,10 +149,10 @@ def check_target(full: FullShape, kind: str, target: int) -> int:
     """A target must be reachable: between 1 and the full size, whole GQA groups for heads."""
     size = full.size(kind)
     if not 1 <= target <= size:
-        raise ValueError(f"target {kind}={target} must be between 1 and the model's {size}")
+        raise UsageError(f"target_{kind}", f"target {kind}={target} must be between 1 and the model's {size}")
     group = full.heads // full.kv_heads
     if kind == "heads" and target % group:
-        raise ValueError(f"target heads={target} must be a multiple of {group} (heads are pruned by key/value group)")
+        raise UsageError("target_heads", f"target heads={target} must be a multiple of {group} (heads are pruned by key/value group)")
     return target
 
 

@@ -16,6 +16,7 @@ import torch
 from transformers import LlamaForCausalLM, LlamaModel
 
 from dramasearch.fsutil import atomic_dir
+from dramasearch.errors import UsageError
 from dramasearch.llama_shapes import LayerShape, ShapedLlamaModel, current_shapes, layer_shapes
 from dramasearch.bidirectional_llama import BidirectionalLlamaModel
 
@@ -142,7 +143,7 @@ def save_pruned(model, out_dir: Path, tokenizer_from: Path | None = None) -> Pat
     """Write a pruned model as a plain folder (safetensors + config + tokenizer), all at once or not at all."""
     out_dir = Path(out_dir)
     if tokenizer_from is not None and out_dir.resolve() == Path(tokenizer_from).resolve():
-        raise ValueError(f"{out_dir}: the pruned model would replace the model it comes from; choose another folder")
+        raise UsageError("output", f"{out_dir}: the pruned model would replace the model it comes from; choose another folder")
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer_from is not None:
