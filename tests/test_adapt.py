@@ -18,14 +18,15 @@ from dramasearch.index.build import BuildSettings, build_index
 from dramasearch.index.generation import IndexDir
 from dramasearch.models import load_encoder
 from dramasearch.searcher import Searcher
-from trainer.adapt import AdaptSettings, adapt, negative_window
+from trainer.adapt import MAX_CROPS, AdaptSettings, adapt, crops_per_passage, negative_window
 from trainer.export import export_encoder, load_encoder as load_export
 from trainer.losses import MatryoshkaInfoNCE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "examples" / "tiny")
 TEXTS = ["how do I fix a flat bike tire", "Bread goes stale as its starch recrystallises."]
-FAST = dict(batch_size=4, max_steps=2, negatives_per_query=2, dev_queries=4, evaluations=1, show_progress=False)
+FAST = dict(batch_size=4, max_steps=2, negatives_per_query=2, dev_queries=4, evaluations=1, show_progress=False,
+            max_train_examples=40)  # 30 documents cannot fill 40 + 4 pairs at one crop each: 2 per passage
 
 
 def _fingerprint(index: Path) -> str:
@@ -50,11 +51,21 @@ def adapted(tmp_path_factory, minilm):
     return settings, adapt(settings), before
 
 
+def test_crops_per_passage_fills_the_cap_for_small_corpora_only():
+    assert crops_per_passage(5183, 1400) == 1  # SciFact: one crop each already fills the cap
+    assert crops_per_passage(1400, 1400) == 1
+    assert crops_per_passage(82, 1400) == MAX_CROPS  # ADI: as many as allowed
+    assert crops_per_passage(30, 44) == 2
+    assert crops_per_passage(0, 44) == MAX_CROPS
+
+
 def test_adapt_exports_a_loadable_model_and_refreshes_the_index(adapted, minilm):
     settings, report, before = adapted
     work = Path(report.work_dir)
     assert report.steps == 2 and report.batch_size == 4
-    assert report.corpus_documents == 30 and report.crop_examples > 0
+    assert report.corpus_documents == 30 and report.crop_examples > 30  # several crops per passage
+    assert len({json.loads(line)["positive_passages"][0]["docid"]
+                for line in (work / "crop.jsonl").read_text().splitlines()}) < report.crop_examples
     assert report.train_examples + report.dev_queries <= report.mined["crop"]["examples"]
     assert report.dev_queries == 4
     # the dev set is carved from augmented data: its queries are cropped sentences, never the collection's

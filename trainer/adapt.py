@@ -58,6 +58,7 @@ from .data import Passage, TrainingExample, read_examples
 WIDE_WINDOW = (30, 50)  # DRAMA's negative ranks, for corpora of at least SMALL_CORPUS documents
 SMALL_CORPUS = 100
 MIN_EXAMPLES = 10  # fewer cannot make a dev set (a fifth of them) and a training batch
+MAX_CROPS = 8  # cropped queries per passage at most, however small the corpus
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class AdaptSettings:
     device: str | None = None  # default: cuda when available, else cpu
     llm_queries: int | None = None  # passages to write LLM queries for; None: 0 on CPU, 2000 on GPU
     llm: str = "smollm2"  # causal LM for queries: "smollm2", a .gguf, a folder or a hub id
-    crops_per_passage: int = 1
+    crops_per_passage: int | None = None  # None: 1, more for a corpus too small to fill the cap (crops_per_passage())
     negative_ranks: tuple[int, int] | None = None  # None: (30, 50), scaled down for corpora under 100 docs
     margin_ratio: float | None = 0.95  # drop negatives scoring above this x the positive's score
     max_train_examples: int | None = None  # None: 1,200 on CPU, 20,000 on GPU
@@ -113,7 +114,7 @@ class AdaptSettings:
                 raise UsageError(name, f"expected a non-empty path or name, got {getattr(self, name)!r:.40}")
         validate.check_device(self.device)
         validate.optional_integer("llm_queries", self.llm_queries, minimum=0)
-        validate.integer("crops_per_passage", self.crops_per_passage)
+        validate.optional_integer("crops_per_passage", self.crops_per_passage)
         for name in ("max_train_examples", "max_steps", "batch_size", "max_length"):
             validate.optional_integer(name, getattr(self, name))
         validate.optional_integer("negatives_per_query", self.negatives_per_query, minimum=0)
@@ -211,8 +212,10 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
     corpus = str(Path(settings.corpus).resolve())
 
     side = MiningSide(settings, work / "index", device, report)
+    cap = _or(settings.max_train_examples, defaults.max_train_examples)
     with _timed(report, "augment", side):
-        sources = {"crop": _crop(settings, corpus, side, work / "crop.jsonl", report)}
+        crops = settings.crops_per_passage or crops_per_passage(_document_count(settings.corpus), cap + settings.dev_queries)
+        sources = {"crop": _crop(settings, crops, corpus, side, work / "crop.jsonl", report)}
         llm_passages = _or(settings.llm_queries, defaults.llm_passages)
         if llm_passages:
             sources["llm"] = _llm_queries(settings, corpus, side, llm_passages, work / "llm.jsonl", device, report)
@@ -226,8 +229,7 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
         mined = {name: _mine(side, path, work / f"mined-{name}.jsonl", config, report) for name, path in sources.items()}
 
     with _timed(report, "mix", side):
-        split = _mix_and_split(settings, side, mined, work, _or(settings.max_train_examples, defaults.max_train_examples),
-                               report)
+        split = _mix_and_split(settings, side, mined, work, cap, report)
     report.train_examples, report.dev_queries, report.dev_documents = split["train"], split["dev"], split["dev_documents"]
     side.release()
 
@@ -245,6 +247,19 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
             report.refreshed_generation = _refresh(settings, corpus, trained, report)
     atomic_write_bytes(work / "adapt-report.json", json.dumps(dataclasses.asdict(report), indent=1).encode())
     return report
+
+
+def crops_per_passage(documents: int, wanted: int) -> int:
+    """One cropped query per passage when the corpus fills the training cap and dev set with
+    that; else enough to (one sentence each, at most MAX_CROPS). ADI's 82 documents gave 55
+    training pairs and a single step at one crop each (benchmarks/RESULTS.md section 13.3)."""
+    return max(1, min(MAX_CROPS, -(-wanted // max(documents, 1))))
+
+
+def _document_count(corpus: str) -> int:
+    from dramasearch.corpus import iter_documents
+
+    return sum(1 for _ in iter_documents(Path(corpus)))
 
 
 def negative_window(documents: int) -> tuple[int, int]:
@@ -328,8 +343,8 @@ def _usable_for_mining(generation, encoder) -> bool:
 
 # --- step 2: augmentation -------------------------------------------------------------------
 
-def _crop(settings: AdaptSettings, corpus: str, side: MiningSide, out: Path, report: AdaptReport) -> Path:
-    config = CropConfig(queries_per_passage=settings.crops_per_passage, remove_from_positive=True, seed=settings.seed)
+def _crop(settings: AdaptSettings, crops: int, corpus: str, side: MiningSide, out: Path, report: AdaptReport) -> Path:
+    config = CropConfig(queries_per_passage=crops, remove_from_positive=True, seed=settings.seed)
     output = ResumableOutput(out, {"step": "crop", "corpus": corpus, **dataclasses.asdict(config)})
     if output.progress.finished:
         report.skipped.append("crop")
@@ -395,9 +410,12 @@ def _mix_and_split(settings: AdaptSettings, side: MiningSide, mined: dict[str, P
     if len(mixed) < MIN_EXAMPLES:
         raise UsageError("corpus", f"{settings.corpus}: only {len(mixed)} training examples survived mining, fewer "
                                    f"than {MIN_EXAMPLES}; adaptation needs a larger corpus")
+    # A dev query holds its document (and every example of it) out of training: a fifth of the
+    # documents at most, or several crops per document would leave nothing to train on.
+    documents = len({e.positives[0].docid for e in mixed})
     dev, dev_docids = [], set()
     for example in mixed:
-        if len(dev) == min(settings.dev_queries, len(mixed) // 5):
+        if len(dev) == min(settings.dev_queries, len(mixed) // 5, max(1, documents // 5)):
             break
         docid = example.positives[0].docid
         if docid not in dev_docids:
