@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from trainer.augment.crop import CropConfig, crop_corpus, crop_passage, crop_queries, split_sentences
+from trainer.augment.crop import CropConfig, crop_corpus, crop_passage, crop_queries, split_sentences, word_windows
 from trainer.augment.mining import MiningConfig, mine_batch, mine_negatives, select_negatives
 from trainer.augment.retrieval import DenseCorpus, ranks_of, top_k
 from trainer.data import Passage, TrainingExample, read_examples
@@ -64,6 +64,20 @@ def test_crop_remove_from_positive():
     assert example.query not in positive.text
     assert split_sentences(positive.text) == [s for s in split_sentences(PASSAGES[1].text) if s != example.query]
     assert crop_passage(Passage("x", "", "Only one sentence with enough words here."), CropConfig(remove_from_positive=True)) == []
+
+
+def test_text_without_punctuation_is_cropped_by_word_windows():
+    # Vaswani-style: one lowercased abstract with no full stop. Without windows it is a single
+    # "sentence" and inverse cloze has nothing to leave in the positive (adapt found no example).
+    words = [f"w{i}" for i in range(37)]
+    passage = Passage("v", "", " ".join(words))
+    assert word_windows(passage.text, 16, 4) == [" ".join(words[:16]), " ".join(words[16:32]), " ".join(words[32:])]
+    assert word_windows(" ".join(words[:34]), 16, 4) == [" ".join(words[:16]), " ".join(words[16:34])]  # 2 left: joined
+    examples = crop_passage(passage, CropConfig(queries_per_passage=3, remove_from_positive=True, window_words=16))
+    assert len(examples) == 3
+    for example in examples:
+        rest = example.positives[0].text.split()
+        assert example.query not in example.positives[0].text and len(rest) + len(example.query.split()) == 37
 
 
 def test_crop_corpus_writes_tevatron(tmp_path):

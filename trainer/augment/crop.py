@@ -29,6 +29,9 @@ class CropConfig:
     min_words: int = 4
     max_words: int = 64
     remove_from_positive: bool = False  # True: the positive no longer contains the query verbatim
+    # Text without sentence punctuation (Vaswani's lowercased abstracts, transcripts) is one
+    # "sentence": windows of this many words stand in for its sentences instead.
+    window_words: int = 16
     seed: int = 0
 
 
@@ -44,6 +47,16 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
+def word_windows(text: str, size: int, min_words: int) -> list[str]:
+    """Consecutive windows of `size` words; a last window shorter than `min_words` joins the one before."""
+    words = text.split()
+    windows = [words[i : i + size] for i in range(0, len(words), size)]
+    if len(windows) > 1 and len(windows[-1]) < min_words:
+        last = windows.pop()
+        windows[-1] += last
+    return [" ".join(w) for w in windows]
+
+
 def _continues(sentence: str) -> bool:
     """True when `sentence` ended on an abbreviation or an initial, not a real full stop."""
     last = sentence.rsplit(None, 1)[-1]
@@ -56,6 +69,8 @@ def _continues(sentence: str) -> bool:
 def crop_passage(passage: Passage, config: CropConfig) -> list[TrainingExample]:
     """Up to `queries_per_passage` examples from distinct sentences of one passage."""
     sentences = split_sentences(passage.text)
+    if len(sentences) == 1:
+        sentences = word_windows(sentences[0], config.window_words, config.min_words)
     eligible = [i for i, s in enumerate(sentences) if config.min_words <= len(s.split()) <= config.max_words]
     # One-sentence passages are skipped when the positive must lose the query: nothing would be left.
     if config.remove_from_positive and len(sentences) < 2:
