@@ -214,8 +214,7 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
     side = MiningSide(settings, work / "index", device, report)
     cap = _or(settings.max_train_examples, defaults.max_train_examples)
     with _timed(report, "augment", side):
-        crops = settings.crops_per_passage or crops_per_passage(_document_count(settings.corpus), cap + settings.dev_queries)
-        sources = {"crop": _crop(settings, crops, corpus, side, work / "crop.jsonl", report)}
+        sources = {"crop": _crop(settings, cap + settings.dev_queries, corpus, side, work / "crop.jsonl", report)}
         llm_passages = _or(settings.llm_queries, defaults.llm_passages)
         if llm_passages:
             sources["llm"] = _llm_queries(settings, corpus, side, llm_passages, work / "llm.jsonl", device, report)
@@ -250,16 +249,10 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
 
 
 def crops_per_passage(documents: int, wanted: int) -> int:
-    """One cropped query per passage when the corpus fills the training cap and dev set with
-    that; else enough to (one sentence each, at most MAX_CROPS). ADI's 82 documents gave 55
-    training pairs and a single step at one crop each (benchmarks/RESULTS.md section 13.3)."""
+    """Cropped queries per passage for `wanted` examples: one when the corpus is big enough,
+    else more (distinct sentences, at most MAX_CROPS). At one crop each, ADI's 82 documents gave
+    55 training pairs and a single step (benchmarks/RESULTS.md section 13.3)."""
     return max(1, min(MAX_CROPS, -(-wanted // max(documents, 1))))
-
-
-def _document_count(corpus: str) -> int:
-    from dramasearch.corpus import iter_documents
-
-    return sum(1 for _ in iter_documents(Path(corpus)))
 
 
 def negative_window(documents: int) -> tuple[int, int]:
@@ -343,13 +336,18 @@ def _usable_for_mining(generation, encoder) -> bool:
 
 # --- step 2: augmentation -------------------------------------------------------------------
 
-def _crop(settings: AdaptSettings, crops: int, corpus: str, side: MiningSide, out: Path, report: AdaptReport) -> Path:
-    config = CropConfig(queries_per_passage=crops, remove_from_positive=True, seed=settings.seed)
-    output = ResumableOutput(out, {"step": "crop", "corpus": corpus, **dataclasses.asdict(config)})
+def _crop(settings: AdaptSettings, wanted: int, corpus: str, side: MiningSide, out: Path, report: AdaptReport) -> Path:
+    """Cropped-sentence examples; with crops_per_passage unset, as many per passage as `wanted`
+    needs, counted on the passages mining loads anyway (a finished step loads none)."""
+    config = CropConfig(remove_from_positive=True, seed=settings.seed)
+    key = {**dataclasses.asdict(config), "queries_per_passage": settings.crops_per_passage or f"auto for {wanted}"}
+    output = ResumableOutput(out, {"step": "crop", "corpus": corpus, **key})
     if output.progress.finished:
         report.skipped.append("crop")
     else:
         passages = side.dense().passages
+        crops = settings.crops_per_passage or crops_per_passage(len(passages), wanted)
+        config = dataclasses.replace(config, queries_per_passage=crops)
         run_batches(output, passages, lambda _, batch: ([e for p in batch for e in crop_passage(p, config)], {}),
                     batch_size=1000, total=len(passages), desc="crop")
     report.corpus_documents = output.progress.inputs_done

@@ -178,7 +178,7 @@ def check_extents(invlists: faiss.OnDiskInvertedLists, data_path: Path) -> None:
 
 _stdout_lock = threading.Lock()
 try:
-    _libc = ctypes.CDLL(None, use_errno=True)
+    _libc = ctypes.CDLL(None)
     _fflush = _libc.fflush  # C stdio buffers FAISS's printf until flushed
 except (OSError, TypeError, AttributeError):  # no C library by that name (Windows)
     _libc = _fflush = None

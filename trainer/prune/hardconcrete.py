@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dramasearch.llama_shapes import layer_shapes
 from dramasearch.errors import UsageError
+from dramasearch.llama_shapes import layer_shapes
 
 from .shapes import LayerKeep, PrunePlan, base_model
 
