@@ -13,8 +13,8 @@ Each phase runs in a fresh spawned interpreter (peak RSS is its own, from /proc 
   anonymous memory (the process's own) and file pages mapped from the .ivfdata (page cache
   the kernel can drop), against the index size; recall@10 against exact search over the
   same stored rows (fp16, renormalized), computed by brute force in blocks in the parent.
-`--memory-limit 1G` runs the search in a memory cgroup (page cache included); at 2M rows and
-300-query batches it thrashes (see RESULTS.md §11), so the default is no limit.
+`--memory-limit 1G` runs the search in a memory cgroup (page cache included); the default is no
+limit. bench_ondisk_pagecache.py varies the mapping's readahead under such a limit.
 Also prints the memory-budget rule's choice at three budgets for this index's shape.
 
     python benchmarks/bench_ondisk.py [--rows 2000000] [--out benchmarks/out/ondisk]
