@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import faiss
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from dramasearch.corpus import iter_documents
 from dramasearch.encoder import Encoder
 from dramasearch.evaluate import Qrels, evaluate_run
+from dramasearch.matryoshka import prepare
 from dramasearch.topics import read_qrels, read_queries
 
 DEPTH = 100  # enough for Recall@100; nDCG@10 needs only 10
@@ -42,13 +44,27 @@ class DevSet:
 
 def evaluate_encoder(encoder: Encoder, dev: DevSet, dim: int | None = None) -> float:
     """nDCG@10 of `encoder` on `dev` at Matryoshka `dim` (None: full); restores train/eval mode."""
+    return evaluate_encoder_dims(encoder, dev, [dim])[dim]
+
+
+def evaluate_encoder_dims(encoder: Encoder, dev: DevSet, dims: Sequence[int | None]) -> dict[int | None, float]:
+    """nDCG@10 at each Matryoshka dim (None: full), encoding `dev` once at full dim.
+
+    A truncation of the full vector, renormalized, is what encoding at that dim gives
+    (`matryoshka.prepare`), so one encode serves every dim.
+    """
     was_training = encoder.model.training
     encoder.model.eval()
     try:
-        docs = encoder.encode_documents(dev.doc_texts, dim=dim)
-        queries = encoder.encode_queries(dev.query_texts, dim=dim)
+        docs = encoder.encode_documents(dev.doc_texts)
+        queries = encoder.encode_queries(dev.query_texts)
     finally:
         encoder.model.train(was_training)
+    return {dim: _ndcg10(prepare(docs, dim, encoder.spec.normalize), prepare(queries, dim, encoder.spec.normalize), dev)
+            for dim in dims}
+
+
+def _ndcg10(docs: np.ndarray, queries: np.ndarray, dev: DevSet) -> float:
     index = faiss.IndexFlatIP(docs.shape[1])
     index.add(np.ascontiguousarray(docs, dtype=np.float32))
     scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(DEPTH, len(dev.doc_ids)))
