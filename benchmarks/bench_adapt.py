@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--out", default="benchmarks/out/adapt/cranfield")
     parser.add_argument("--bm25", action="store_true", help="build the index with --bm25 (or reuse one built so)")
+    parser.add_argument("--margin-ratio", default="0.95",
+                        help="AdaptSettings.margin_ratio for ablations; 'none' turns the false-negative filter off")
     parser.add_argument("--reader-pause", type=float, default=0.5, help="seconds between the reader's searches")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
@@ -88,7 +90,9 @@ def main() -> None:
     reader = Reader(index, [q.text for q in queries], args.reader_pause)
     reader.start()
     started = time.perf_counter()
-    report = adapt(AdaptSettings(corpus=str(data), model=args.model, output=str(out / "model"), index=str(index)))
+    margin = None if args.margin_ratio.lower() == "none" else float(args.margin_ratio)
+    report = adapt(AdaptSettings(corpus=str(data), model=args.model, output=str(out / "model"), index=str(index),
+                                 margin_ratio=margin))
     adapt_seconds = time.perf_counter() - started
     time.sleep(1.0)  # past the follow interval: the reader's next search reopens on the last generation
     reader_stats = reader.stop()

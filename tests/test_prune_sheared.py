@@ -22,7 +22,7 @@ from test_llama_shapes import TEXTS, save_tiny_checkpoint, tiny_config
 from trainer.prune.cli import COMMANDS
 from trainer.prune.hardconcrete import masked, masks_to_plan
 from trainer.prune.shapes import ShapedLlamaForCausalLM, prune_llama
-from trainer.prune.sheared import ShearedSettings, learn_masks, lm_batches
+from trainer.prune.sheared import ShearedSettings, continue_pretraining, held_out_loss, learn_masks, lm_batches, token_windows
 
 TARGETS = {"layers": 2, "heads": 2, "intermediate": 64, "hidden": 48}
 FULL = {"layers": 3, "heads": 4, "intermediate": 128, "hidden": 64}
@@ -111,6 +111,58 @@ def test_cli_sheared_prunes_a_causal_lm_that_generates_and_encodes(tmp_path, cor
     assert small.generate(torch.tensor([[128000, 791]]), max_new_tokens=4, do_sample=False).shape == (1, 6)
     encoder = load_encoder(str(tmp_path / "out"), device="cpu", dtype=torch.float32)
     assert encoder.encode_documents(TEXTS).shape == (len(TEXTS), 64)
+
+
+def _tokenizer():
+    return transformers.AutoTokenizer.from_pretrained(shared_path("models", LLAMA3_TOKENIZER.name))
+
+
+def test_held_out_loss_equals_per_window_cross_entropy_weighted_by_predicted_tokens():
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(tiny_config()).eval()
+    tokenizer = _tokenizer()
+    windows = token_windows(tokenizer, TEXTS, max_length=8)
+    assert len(windows) > len(TEXTS)  # the long text is cut, so windows of different lengths are padded together
+    total = count = 0.0
+    with torch.no_grad():
+        for window in windows:  # one unpadded window at a time: no mask, no padding to get wrong
+            logits = model(input_ids=torch.tensor([window])).logits[0, :-1]
+            total += float(torch.nn.functional.cross_entropy(logits, torch.tensor(window[1:]), reduction="sum"))
+            count += len(window) - 1
+    assert held_out_loss(model, tokenizer, TEXTS, max_length=8, batch_size=3) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_continued_pretraining_lowers_the_loss_on_its_text(one_thread):
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(tiny_config())
+    tokenizer = _tokenizer()
+    before = held_out_loss(model, tokenizer, TEXTS, max_length=16)
+    batches = lm_batches(tokenizer, TEXTS, 16, 4, torch.Generator().manual_seed(0))
+    history = continue_pretraining(model, batches, steps=20, lr=1e-3)
+    after = held_out_loss(model, tokenizer, TEXTS, max_length=16)
+    assert [h["step"] for h in history] == [0, 10, 19]
+    assert after < before - 1.0, (before, after)
+
+
+def test_cli_sheared_reports_held_out_loss_parameters_and_continues(tmp_path, corpus):
+    tokenizer_dir = shared_path("models", LLAMA3_TOKENIZER.name)
+    source = tmp_path / "lm"
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(tiny_config(tie_word_embeddings=True)).save_pretrained(source)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_dir / name, source / name)
+    args = ["prune", "sheared", str(source), "-o", str(tmp_path / "out"), "--calibration", str(corpus),
+            "--target-intermediate", "64", "--steps", "2", "--warmup-steps", "1", "--max-length", "16",
+            "--batch-size", "2", "--num-texts", "8", "--eval-texts", "4", "--continue-steps", "3"]
+    report = json.loads(CliRunner().invoke(_cli(), args, catch_exceptions=False).stdout)
+    assert set(report["lm_loss"]) == {"full", "pruned", "continued"}
+    assert [h["step"] for h in report["continue_history"]] == [0, 2]
+    # 3 layers x (3 MLP matrices of 64 x 128 -> 64 x 64): the MLP neurons are what the target removes
+    assert report["parameters_before"] - report["parameters_after"] == 3 * 3 * 64 * 64
+    small = ShapedLlamaForCausalLM.from_pretrained(tmp_path / "out")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
+    held_out = [json.loads(line)["text"] for line in corpus.read_text().splitlines()[8:12]]
+    assert held_out_loss(small, tokenizer, held_out, max_length=16) == pytest.approx(report["lm_loss"]["continued"], rel=1e-5)
 
 
 def test_cli_sheared_refuses_an_encoder_checkpoint(tmp_path, corpus):

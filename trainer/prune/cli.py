@@ -64,8 +64,13 @@ def effir(model, output, calibration, num_texts, max_length, drop_mlp, drop_atte
 @click.option("--mask-lr", default=0.1, show_default=True)
 @click.option("--lagrangian-lr", default=0.1, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--continue-steps", default=0, show_default=True, help="Continued pre-training steps of the pruned model.")
+@click.option("--continue-lr", default=1e-4, show_default=True)
+@click.option("--eval-texts", default=0, show_default=True,
+              help="Documents after the training ones, held out to report the LM loss before, after pruning and after continuing.")
 def sheared(model, output, calibration, num_texts, target_layers, target_heads, target_intermediate, target_hidden,
-            steps, warmup_steps, batch_size, max_length, model_lr, mask_lr, lagrangian_lr, seed) -> None:
+            steps, warmup_steps, batch_size, max_length, model_lr, mask_lr, lagrangian_lr, seed, continue_steps,
+            continue_lr, eval_texts) -> None:
     """Learn hard-concrete masks on MODEL (a Llama causal LM) toward the target shape, then cut; prints a JSON report."""
     from .sheared import ShearedSettings, sheared_prune
 
@@ -75,8 +80,14 @@ def sheared(model, output, calibration, num_texts, target_layers, target_heads, 
         raise click.UsageError("give at least one of --target-layers/--target-heads/--target-intermediate/--target-hidden")
     settings = ShearedSettings(targets=targets, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size,
                                max_length=max_length, model_lr=model_lr, mask_lr=mask_lr,
-                               lagrangian_lr=lagrangian_lr, seed=seed)
-    report = sheared_prune(Path(model), Path(output), calibration_texts(calibration, num_texts), settings)
+                               lagrangian_lr=lagrangian_lr, seed=seed, continue_steps=continue_steps,
+                               continue_lr=continue_lr)
+    texts = calibration_texts(calibration, num_texts + eval_texts)
+    if eval_texts and len(texts) <= eval_texts:
+        raise click.BadParameter(f"{calibration} has {len(texts)} documents: too few to hold {eval_texts} out",
+                                 param_hint="--eval-texts")
+    cut = len(texts) - eval_texts
+    report = sheared_prune(Path(model), Path(output), texts[:cut], settings, eval_texts=texts[cut:])
     click.echo(json.dumps(report.to_dict(), indent=2))
 
 

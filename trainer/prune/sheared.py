@@ -4,11 +4,15 @@ The model and the gates minimize next-token loss plus the Lagrangian penalty whi
 Lagrange multipliers maximize it (gradient ascent), so the expected shape is pulled to a
 target that ramps from the full size over the warm-up. At the end the gates keep exactly
 the target shape and are folded into a smaller plain checkpoint (shapes.prune_llama).
-This is the short pruning stage only; continued pre-training of the pruned model is separate.
+Continued pre-training (`continue_steps`) then trains the smaller model on the same objective,
+as Sheared-LLaMA does after pruning; held-out text measures the LM loss before pruning, right
+after it, and after continued pre-training.
 """
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -33,6 +37,8 @@ class ShearedSettings:
     mask_lr: float = 0.1
     lagrangian_lr: float = 0.1
     seed: int = 0
+    continue_steps: int = 0  # continued pre-training of the pruned model, same batches
+    continue_lr: float = 1e-4
 
 
 @dataclass
@@ -40,30 +46,84 @@ class ShearedReport:
     layer_shapes: list[dict]
     hidden_size: int
     history: list[dict] = field(default_factory=list)  # per logged step: lm loss, expected sizes
+    continue_history: list[dict] = field(default_factory=list)  # per logged step of continued pre-training
+    lm_loss: dict[str, float] = field(default_factory=dict)  # held-out loss: full, pruned, continued
+    parameters_before: int = 0  # non-embedding
+    parameters_after: int = 0
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def lm_batches(tokenizer, texts: Sequence[str], max_length: int, batch_size: int,
-               generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless random batches of BOS + text token windows (ids, attention mask), padded on the right."""
+def token_windows(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """BOS + text token ids of each text, cut into windows of `max_length` (windows of one token dropped)."""
     windows = []
     for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
         ids = [tokenizer.bos_token_id, *ids] if tokenizer.bos_token_id is not None else ids
         windows += [ids[i : i + max_length] for i in range(0, len(ids), max_length) if len(ids[i : i + max_length]) > 1]
     if not windows:
-        raise ValueError("the calibration texts give no token window of 2 or more tokens")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        raise ValueError("the texts give no token window of 2 or more tokens")
+    return windows
+
+
+def _padded(windows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(map(len, windows))
+    ids = torch.full((len(windows), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(windows), longest), dtype=torch.long)
+    for row, window in enumerate(windows):
+        ids[row, : len(window)] = torch.tensor(window)
+        mask[row, : len(window)] = 1
+    return ids, mask
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def lm_batches(tokenizer, texts: Sequence[str], max_length: int, batch_size: int,
+               generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless random batches of BOS + text token windows (ids, attention mask), padded on the right."""
+    windows = token_windows(tokenizer, texts, max_length)
     while True:
         chosen = torch.randint(len(windows), (batch_size,), generator=generator).tolist()
-        longest = max(len(windows[i]) for i in chosen)
-        ids = torch.full((batch_size, longest), pad, dtype=torch.long)
-        mask = torch.zeros((batch_size, longest), dtype=torch.long)
-        for row, i in enumerate(chosen):
-            ids[row, : len(windows[i])] = torch.tensor(windows[i])
-            mask[row, : len(windows[i])] = 1
-        yield ids, mask
+        yield _padded([windows[i] for i in chosen], _pad_id(tokenizer))
+
+
+@torch.no_grad()
+def held_out_loss(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy over every window of `texts`, weighted by predicted tokens."""
+    was_training = model.training
+    model.eval()
+    windows = token_windows(tokenizer, texts, max_length)
+    total, count = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        ids, mask = _padded(windows[start : start + batch_size], _pad_id(tokenizer))
+        predicted = int(mask[:, 1:].sum())
+        total += float(model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss) * predicted
+        count += predicted
+    model.train(was_training)
+    return total / count
+
+
+def continue_pretraining(model, batches, steps: int, lr: float, log_every: int = 10) -> list[dict]:
+    """Next-token training of the pruned model (AdamW, constant lr); returns the logged losses."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    history = []
+    for step in range(steps):
+        ids, mask = next(batches)
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        if not math.isfinite(float(loss.detach())):
+            raise FloatingPointError(f"continued pre-training step {step}: the loss is {float(loss.detach())}; lower continue_lr")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % log_every == 0 or step == steps - 1:
+            history.append({"step": step, "lm_loss": round(float(loss.detach()), 4)})
+            log.info("continued pre-training step %d lm_loss %.4f", step, history[-1]["lm_loss"])
+    model.eval()
+    return history
 
 
 def learn_masks(model: ShapedLlamaForCausalLM, batches, settings: ShearedSettings, log_every: int = 10):
@@ -104,8 +164,14 @@ def learn_masks(model: ShapedLlamaForCausalLM, batches, settings: ShearedSetting
     return masks, history
 
 
-def sheared_prune(model_dir: Path, out_dir: Path, texts: Sequence[str], settings: ShearedSettings) -> ShearedReport:
-    """Prune the causal LM in `model_dir` to `settings.targets` on `texts` and save it to `out_dir`."""
+def sheared_prune(model_dir: Path, out_dir: Path, texts: Sequence[str], settings: ShearedSettings,
+                  eval_texts: Sequence[str] = ()) -> ShearedReport:
+    """Prune the causal LM in `model_dir` to `settings.targets` on `texts`, continue pre-training, save to `out_dir`.
+
+    With `eval_texts` (held out from `texts`), the report has the LM loss of the full model,
+    of the pruned one, and after continued pre-training.
+    """
+    started = time.perf_counter()
     torch.manual_seed(settings.seed)
     model, info = ShapedLlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, output_loading_info=True)
     if "lm_head.weight" in info["missing_keys"]:
@@ -114,9 +180,24 @@ def sheared_prune(model_dir: Path, out_dir: Path, texts: Sequence[str], settings
             "Sheared pruning needs the causal LM the encoder comes from, not an encoder checkpoint"
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lm_loss = {}
+    if eval_texts:
+        lm_loss["full"] = held_out_loss(model, tokenizer, eval_texts, settings.max_length)
     generator = torch.Generator().manual_seed(settings.seed)
     batches = lm_batches(tokenizer, texts, settings.max_length, settings.batch_size, generator)
     masks, history = learn_masks(model, batches, settings)
     pruned = prune_llama(model, masks_to_plan(model, masks.final_values(settings.targets)))
+    if eval_texts:
+        lm_loss["pruned"] = held_out_loss(pruned, tokenizer, eval_texts, settings.max_length)
+    continued = continue_pretraining(pruned, batches, settings.continue_steps, settings.continue_lr)
+    if eval_texts and settings.continue_steps:
+        lm_loss["continued"] = held_out_loss(pruned, tokenizer, eval_texts, settings.max_length)
     save_pruned(pruned, out_dir, tokenizer_from=model_dir)
-    return ShearedReport(layer_shapes=pruned.config.layer_shapes, hidden_size=pruned.config.hidden_size, history=history)
+    return ShearedReport(layer_shapes=pruned.config.layer_shapes, hidden_size=pruned.config.hidden_size, history=history,
+                         continue_history=continued, lm_loss=lm_loss, parameters_before=_non_embedding(model),
+                         parameters_after=_non_embedding(pruned), seconds=round(time.perf_counter() - started, 1))
+
+
+def _non_embedding(model) -> int:
+    """Parameters outside the token embeddings (and the LM head, tied to them or not)."""
+    return sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name and "lm_head" not in name)
