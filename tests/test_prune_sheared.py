@@ -159,6 +159,7 @@ def test_cli_sheared_reports_held_out_loss_parameters_and_continues(tmp_path, co
     assert [h["step"] for h in report["continue_history"]] == [0, 2]
     # 3 layers x (3 MLP matrices of 64 x 128 -> 64 x 64): the MLP neurons are what the target removes
     assert report["parameters_before"] - report["parameters_after"] == 3 * 3 * 64 * 64
+    assert report["tokens_per_s_before"] > 0 and report["tokens_per_s_after"] > 0
     small = ShapedLlamaForCausalLM.from_pretrained(tmp_path / "out")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     held_out = [json.loads(line)["text"] for line in corpus.read_text().splitlines()[8:12]]

@@ -50,6 +50,8 @@ class ShearedReport:
     lm_loss: dict[str, float] = field(default_factory=dict)  # held-out loss: full, pruned, continued
     parameters_before: int = 0  # non-embedding
     parameters_after: int = 0
+    tokens_per_s_before: float = 0.0  # encoding as a bidirectional encoder, CPU fp32, on up to 32 training texts
+    tokens_per_s_after: float = 0.0
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -193,9 +195,19 @@ def sheared_prune(model_dir: Path, out_dir: Path, texts: Sequence[str], settings
     if eval_texts and settings.continue_steps:
         lm_loss["continued"] = held_out_loss(pruned, tokenizer, eval_texts, settings.max_length)
     save_pruned(pruned, out_dir, tokenizer_from=model_dir)
+    before, after = (_encode_speed(folder, texts[:32], settings.max_length) for folder in (model_dir, out_dir))
     return ShearedReport(layer_shapes=pruned.config.layer_shapes, hidden_size=pruned.config.hidden_size, history=history,
                          continue_history=continued, lm_loss=lm_loss, parameters_before=_non_embedding(model),
-                         parameters_after=_non_embedding(pruned), seconds=round(time.perf_counter() - started, 1))
+                         parameters_after=_non_embedding(pruned), tokens_per_s_before=before, tokens_per_s_after=after,
+                         seconds=round(time.perf_counter() - started, 1))
+
+
+def _encode_speed(folder: Path, texts: Sequence[str], max_length: int) -> float:
+    from dramasearch.models import load_encoder
+
+    from .effir import tokens_per_second
+
+    return tokens_per_second(load_encoder(str(folder), device="cpu", dtype=torch.float32, max_length=max_length), texts)
 
 
 def _non_embedding(model) -> int:
