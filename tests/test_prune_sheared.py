@@ -94,13 +94,17 @@ def corpus(tmp_path):
     return path
 
 
-def test_cli_sheared_prunes_a_causal_lm_that_generates_and_encodes(tmp_path, corpus):
-    tokenizer_dir = shared_path("models", LLAMA3_TOKENIZER.name)
-    source = tmp_path / "lm"
+def save_tiny_lm(folder):
+    """A seeded random tied-embedding causal LM with the real Llama-3 tokenizer beside it."""
     torch.manual_seed(0)
-    transformers.LlamaForCausalLM(tiny_config(tie_word_embeddings=True)).save_pretrained(source)
+    transformers.LlamaForCausalLM(tiny_config(tie_word_embeddings=True)).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tokenizer_dir / name, source / name)
+        shutil.copy(shared_path("models", LLAMA3_TOKENIZER.name) / name, folder / name)
+    return folder
+
+
+def test_cli_sheared_prunes_a_causal_lm_that_generates_and_encodes(tmp_path, corpus):
+    source = save_tiny_lm(tmp_path / "lm")
     args = ["prune", "sheared", str(source), "-o", str(tmp_path / "out"), "--calibration", str(corpus),
             "--target-heads", "2", "--target-intermediate", "96", "--steps", "2", "--warmup-steps", "1",
             "--max-length", "16", "--batch-size", "2"]
@@ -145,12 +149,7 @@ def test_continued_pretraining_lowers_the_loss_on_its_text(one_thread):
 
 
 def test_cli_sheared_reports_held_out_loss_parameters_and_continues(tmp_path, corpus):
-    tokenizer_dir = shared_path("models", LLAMA3_TOKENIZER.name)
-    source = tmp_path / "lm"
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(tiny_config(tie_word_embeddings=True)).save_pretrained(source)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tokenizer_dir / name, source / name)
+    source = save_tiny_lm(tmp_path / "lm")
     args = ["prune", "sheared", str(source), "-o", str(tmp_path / "out"), "--calibration", str(corpus),
             "--target-intermediate", "64", "--steps", "2", "--warmup-steps", "1", "--max-length", "16",
             "--batch-size", "2", "--num-texts", "8", "--eval-texts", "4", "--continue-steps", "3"]
