@@ -10,7 +10,6 @@ after it, and after continued pre-training.
 """
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,12 +17,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
 from .hardconcrete import Lagrangian, LlamaMasks, check_target, masked, masks_to_plan, ramped_target
 from .shapes import ShapedLlamaForCausalLM, prune_llama, save_pruned
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,7 +112,8 @@ def continue_pretraining(model, batches, steps: int, lr: float, log_every: int =
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     history = []
-    for step in range(steps):
+    bar = tqdm(range(steps), desc="continued pre-training", unit="step", disable=not steps)
+    for step in bar:
         ids, mask = next(batches)
         loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
         if not math.isfinite(float(loss.detach())):
@@ -123,7 +123,7 @@ def continue_pretraining(model, batches, steps: int, lr: float, log_every: int =
         optimizer.step()
         if step % log_every == 0 or step == steps - 1:
             history.append({"step": step, "lm_loss": round(float(loss.detach()), 4)})
-            log.info("continued pre-training step %d lm_loss %.4f", step, history[-1]["lm_loss"])
+            bar.set_postfix(lm_loss=history[-1]["lm_loss"])
     model.eval()
     return history
 
@@ -145,7 +145,8 @@ def learn_masks(model: ShapedLlamaForCausalLM, batches, settings: ShearedSetting
     model.train()
     masks.train()
     history = []
-    for step in range(settings.steps):
+    bar = tqdm(range(settings.steps), desc="learning masks", unit="step")
+    for step in bar:
         ids, mask = next(batches)
         labels = ids.masked_fill(mask == 0, -100)
         with masked(model, masks.values()):
@@ -160,7 +161,7 @@ def learn_masks(model: ShapedLlamaForCausalLM, batches, settings: ShearedSetting
         if step % log_every == 0 or step == settings.steps - 1:
             expected = {k: round(float(masks.expected_size(k).detach()), 2) for k in settings.targets}
             history.append({"step": step, "lm_loss": round(float(lm_loss.detach()), 4), "expected": expected})
-            log.info("step %d lm_loss %.4f expected %s", step, history[-1]["lm_loss"], expected)
+            bar.set_postfix(lm_loss=history[-1]["lm_loss"], **{k: f"{v:g}" for k, v in expected.items()})
     model.eval()
     masks.eval()
     return masks, history
