@@ -112,7 +112,8 @@ def make_index(source_dir: Path, out: Path, rows: int, kind: str, dims: list[int
         info = seal_segment(folder, name, infos, d, chunked=False)
         specs = [{"dim": dim, "kind": choose_spec(kind, dim, info.rows).kind} for dim in dims]
         ref = new_ref(folder, info, 0, specs, encoder["normalize"])
-        settings = {k: v for k, v in source_gen.settings.items() if k != "build_key"}  # not a build of a corpus
+        # Not a build of a corpus, and no BM25 postings are written for the synthetic rows.
+        settings = {k: v for k, v in source_gen.settings.items() if k not in ("build_key", "bm25")}
         settings["corpus"] = f"synthetic: {source_dir} tiled to {rows} rows (bench_search_overhead.py)"
         idx.commit(Generation(generation=1, parent=None, operation="synthetic", created=_now(), encoder=encoder,
                               settings=settings, indexes=specs, segments=[dataclasses.asdict(ref)],
