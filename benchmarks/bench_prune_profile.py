@@ -49,7 +49,7 @@ from dramasearch.corpus import iter_documents
 from dramasearch.encoder import Encoder
 from dramasearch.models import load_encoder
 from trainer.prune.effir import Calibration, calibrate, effir_plan, tokens_per_second
-from trainer.prune.shapes import prune_llama
+from trainer.prune.shapes import non_embedding_parameters, prune_llama
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("mlp", "attention")
@@ -98,11 +98,6 @@ def sample_passages(corpora: list[Path], count: int, seed: int) -> list[str]:
     if count > len(pool):
         raise SystemExit(f"asked for {count} passages but the corpora hold {len(pool)}")
     return random.Random(seed).sample(pool, count)
-
-
-def non_embedding_parameters(model: torch.nn.Module) -> int:
-    """Parameters other than the token embeddings: what dropping sub-layers can shrink."""
-    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("embed_tokens."))
 
 
 @dataclass

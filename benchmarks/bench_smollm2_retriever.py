@@ -47,8 +47,8 @@ from dramasearch.models import load_encoder
 from trainer.data import read_examples, write_examples
 from trainer.devset import DevSet, evaluate_encoder_dims
 from trainer.llm import gguf_folder
-from trainer.prune.effir import calibrate, effir_plan, tokens_per_second
-from trainer.prune.shapes import prune_llama, save_pruned
+from trainer.prune.effir import Calibration, calibrate, effir_plan, tokens_per_second
+from trainer.prune.shapes import non_embedding_parameters, prune_llama, save_pruned
 from trainer.train import TrainSettings, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("one of --gguf or --model is required")
     if not args.figure and "train" in args.stages.split(",") and not args.train_data:
         p.error("the train stage needs --train-data")
+    args.dims = [int(d) for d in args.dims.split(",")]
     return args
 
 
@@ -112,7 +113,7 @@ def main(argv=None) -> None:
     if args.figure:
         plot_trained_profile(results.data, args, args.figure)
         return
-    dims = [int(d) for d in args.dims.split(",")]
+    dims = args.dims
     stages = set(args.stages.split(","))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results.data.setdefault("machine", {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
@@ -190,25 +191,25 @@ def prune_study(trained: Path, args, results: Results, device: str) -> None:
         if not (folder / "config.json").is_file():
             save_pruned(pruned_model(trained, profile, drop_mlp, drop_attention), folder, tokenizer_from=trained)
         folders[name] = folder
-    key = "prune-eval"
-    done = results.data.get(key, {})
+    devs = {c: load_dev(args.data / c) for c in collections}  # read once for every variant
+
+    def full_dim_ndcg10(model_dir: Path) -> tuple[torch.nn.Module, dict[str, float]]:
+        encoder = load_encoder(str(model_dir), max_length=args.max_length)
+        return encoder.model, {c: evaluate_encoder_dims(encoder, dev, [None])[None] for c, dev in devs.items()}
+
+    evaluated = results.data.get("prune-eval", {})
     for name, folder in folders.items():
-        if name not in done:
-            encoder = load_encoder(str(folder), max_length=args.max_length)
-            done[name] = {"drop_mlp": variants[name][0], "drop_attention": variants[name][1],
-                          "non_embedding_parameters": non_embedding_parameters(encoder.model),
-                          "ndcg10": {c: evaluate_encoder_dims(encoder, load_dev(args.data / c), [None])[None]
-                                     for c in collections}}
-            results.save(key, done)
+        if name not in evaluated:
+            model, ndcg10 = full_dim_ndcg10(folder)
+            evaluated[name] = {"drop_mlp": variants[name][0], "drop_attention": variants[name][1],
+                               "non_embedding_parameters": non_embedding_parameters(model), "ndcg10": ndcg10}
+            results.save("prune-eval", evaluated)
     recovered = results.data.get("recovered", {})
     for name, folder in folders.items():
         if name == "none" or name in recovered:
             continue
-        report = run_training(folder, args.out / "recover" / name, combined_data(args), [int(d) for d in args.dims.split(",")],
-                              args, args.recovery_steps)
-        encoder = load_encoder(str(args.out / "recover" / name / "last"), max_length=args.max_length)
-        recovered[name] = {"train": report, "ndcg10": {c: evaluate_encoder_dims(encoder, load_dev(args.data / c), [None])[None]
-                                                       for c in collections}}
+        report = run_training(folder, args.out / "recover" / name, combined_data(args), args.dims, args, args.recovery_steps)
+        recovered[name] = {"train": report, "ndcg10": full_dim_ndcg10(args.out / "recover" / name / "last")[1]}
         results.save("recovered", recovered)
     if "speed" not in results.data:
         results.save("speed", speeds(folders, calibration_texts(args.data, collections, args.speed_texts), args))
@@ -216,16 +217,10 @@ def prune_study(trained: Path, args, results: Results, device: str) -> None:
 
 def pruned_model(trained: Path, profile: dict, drop_mlp: int, drop_attention: int):
     """The trained model with the sub-layers the stored profile ranks most redundant removed (on CPU, fp32)."""
-    from trainer.prune.effir import Calibration
-
     encoder = load_encoder(str(trained), device="cpu", dtype=torch.float32)
     calibration = Calibration(attention=profile["attention"], mlp=profile["mlp"],
                               neuron_importance=[None] * len(profile["mlp"]), tokens=profile["tokens"])
     return prune_llama(encoder.model, effir_plan(encoder.model, calibration, drop_mlp, drop_attention))
-
-
-def non_embedding_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
 
 
 def speeds(folders: dict[str, Path], texts: list[str], args) -> dict:

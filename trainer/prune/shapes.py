@@ -59,6 +59,11 @@ def full_plan(model: LlamaModel) -> PrunePlan:
     return PrunePlan(hidden=list(range(model.config.hidden_size)), layers=layers)
 
 
+def non_embedding_parameters(model: torch.nn.Module) -> int:
+    """Parameters outside the token embeddings (and an LM head, tied to them or not): what pruning can shrink."""
+    return sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name and "lm_head" not in name)
+
+
 def base_model(model) -> LlamaModel:
     """The `LlamaModel` inside a causal LM, or the model itself."""
     return model.model if isinstance(model, LlamaForCausalLM) else model

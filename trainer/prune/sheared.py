@@ -20,8 +20,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
+from dramasearch.models import load_encoder
+
+from .effir import tokens_per_second
 from .hardconcrete import Lagrangian, LlamaMasks, check_target, masked, masks_to_plan, ramped_target
-from .shapes import ShapedLlamaForCausalLM, prune_llama, save_pruned
+from .shapes import ShapedLlamaForCausalLM, non_embedding_parameters, prune_llama, save_pruned
 
 
 
@@ -198,19 +201,11 @@ def sheared_prune(model_dir: Path, out_dir: Path, texts: Sequence[str], settings
     save_pruned(pruned, out_dir, tokenizer_from=model_dir)
     before, after = (_encode_speed(folder, texts[:32], settings.max_length) for folder in (model_dir, out_dir))
     return ShearedReport(layer_shapes=pruned.config.layer_shapes, hidden_size=pruned.config.hidden_size, history=history,
-                         continue_history=continued, lm_loss=lm_loss, parameters_before=_non_embedding(model),
-                         parameters_after=_non_embedding(pruned), tokens_per_s_before=before, tokens_per_s_after=after,
+                         continue_history=continued, lm_loss=lm_loss, parameters_before=non_embedding_parameters(model),
+                         parameters_after=non_embedding_parameters(pruned), tokens_per_s_before=before, tokens_per_s_after=after,
                          seconds=round(time.perf_counter() - started, 1))
 
 
 def _encode_speed(folder: Path, texts: Sequence[str], max_length: int) -> float:
-    from dramasearch.models import load_encoder
-
-    from .effir import tokens_per_second
-
     return tokens_per_second(load_encoder(str(folder), device="cpu", dtype=torch.float32, max_length=max_length), texts)
 
-
-def _non_embedding(model) -> int:
-    """Parameters outside the token embeddings (and the LM head, tied to them or not)."""
-    return sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name and "lm_head" not in name)
