@@ -165,6 +165,16 @@ def test_cli_sheared_reports_held_out_loss_parameters_and_continues(tmp_path, co
     assert held_out_loss(small, tokenizer, held_out, max_length=16) == pytest.approx(report["lm_loss"]["continued"], rel=1e-5)
 
 
+def test_cli_sheared_refuses_to_hold_out_every_document(tmp_path, corpus):
+    source = save_tiny_lm(tmp_path / "lm")
+    args = ["prune", "sheared", str(source), "-o", str(tmp_path / "out"), "--calibration", str(corpus),
+            "--target-intermediate", "64", "--num-texts", "4", "--eval-texts", "12"]
+    result = CliRunner().invoke(_cli(), args)
+    assert result.exit_code == 2
+    assert str(corpus) in result.output and "--eval-texts" in result.output and "too few to hold 12 out" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_sheared_refuses_an_encoder_checkpoint(tmp_path, corpus):
     encoder_dir = save_tiny_checkpoint(tmp_path / "enc")  # LlamaModel weights only, untied: no LM head
     args = ["prune", "sheared", str(encoder_dir), "-o", str(tmp_path / "out"), "--calibration", str(corpus),

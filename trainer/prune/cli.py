@@ -64,9 +64,9 @@ def effir(model, output, calibration, num_texts, max_length, drop_mlp, drop_atte
 @click.option("--mask-lr", default=0.1, show_default=True)
 @click.option("--lagrangian-lr", default=0.1, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--continue-steps", default=0, show_default=True, help="Continued pre-training steps of the pruned model.")
+@click.option("--continue-steps", default=0, type=click.IntRange(min=0), show_default=True, help="Continued pre-training steps of the pruned model.")
 @click.option("--continue-lr", default=1e-4, show_default=True)
-@click.option("--eval-texts", default=0, show_default=True,
+@click.option("--eval-texts", default=0, type=click.IntRange(min=0), show_default=True,
               help="Documents after the training ones, held out to report the LM loss before, after pruning and after continuing.")
 def sheared(model, output, calibration, num_texts, target_layers, target_heads, target_intermediate, target_hidden,
             steps, warmup_steps, batch_size, max_length, model_lr, mask_lr, lagrangian_lr, seed, continue_steps,
