@@ -303,7 +303,7 @@ class Searcher:
         plan = (snap, name, dim, spec)
         if not snap.segments or not snap.segments[0].info.chunked:
             scores, segs, rows = self._rows(plan, vectors, depth, rerank_dim, k_rows)
-            return [self._hits(snap, s, g, r, with_fields) for s, g, r in zip(scores, segs, rows)]
+            return self._hits(snap, scores, segs, rows, with_fields)
         how = aggregate or snap.settings.get("aggregate", "maxp")
         limit = min(live, max(MAX_CHUNK_DEPTH, CHUNK_DEPTH * 16 * k))
         results = []
@@ -363,16 +363,26 @@ class Searcher:
             hits.append(Hit(doc.docid, doc.score, rank, title, passage, chunk, start, end))
         return hits
 
-    def _hits(self, snap: Snapshot, scores: np.ndarray, segs: np.ndarray, rows: np.ndarray, with_fields: bool) -> list[Hit]:
+    def _hits(self, snap: Snapshot, scores: np.ndarray, segs: np.ndarray, rows: np.ndarray,
+              with_fields: bool) -> list[list[Hit]]:
+        """Hits of every query in a batch; each segment reads the ids (and fields) of its rows once, batched."""
         fetch = with_fields and snap.settings.get("store_text")
-        hits = []
-        for rank, (score, s, row) in enumerate(zip(scores.tolist(), segs.tolist(), rows.tolist()), start=1):
-            if s < 0:  # fewer live documents than k
-                break
+        found = segs >= 0  # -1: fewer live documents than k
+        ids: dict[tuple[int, int], str] = {}
+        fields: dict[tuple[int, int], tuple[str, str]] = {}
+        for s in np.unique(segs[found]).tolist():
+            wanted = np.unique(rows[found & (segs == s)])
+            keys = [(s, row) for row in wanted.tolist()]
             segment = snap.segments[s]
-            title, text = segment.fields(row) if fetch else ("", "")
-            hits.append(Hit(segment.docid(row), score, rank, title, text))
-        return hits
+            ids.update(zip(keys, segment.docids(wanted)))
+            if fetch:
+                fields.update(zip(keys, segment.fields_of(wanted)))
+        empty = ("", "")
+        return [
+            [Hit(ids[key], score, rank, *fields.get(key, empty))
+             for rank, (score, key) in enumerate(zip(q_scores, zip(q_segs, q_rows)), start=1) if key[0] >= 0]
+            for q_scores, q_segs, q_rows in zip(scores.tolist(), segs.tolist(), rows.tolist())
+        ]
 
 
 def check_encoder(actual: EncoderSpec, expected: EncoderSpec, where: Path) -> None:

@@ -223,6 +223,27 @@ def test_build_then_search_matches_numpy(baseline, searcher, minilm, raw_docs, r
     assert all(h.title == h.text == "" for h in searcher.batch_search(some[:1], k=3, with_fields=False)[0])
 
 
+@pytest.mark.parametrize("spans", ["one read per shard", "one read per record"])
+def test_batched_record_reads_equal_the_corpus(baseline, raw_docs, spans, monkeypatch):
+    """Searches read ids and fields in batches; both read plans give each asked document's own
+    record, in the asked order, repeats included."""
+    from dramasearch.index import segment as segment_module
+
+    if spans == "one read per record":
+        monkeypatch.setattr(segment_module, "OFFSETS_SPAN", 1)
+        monkeypatch.setattr(segment_module, "RECORDS_SPAN", 0)
+    docs = np.random.default_rng(0).integers(0, N_DOCS, size=60)  # every shard, repeats, any order
+    docs[:3] = [81, 0, 81]
+    snap = Snapshot(baseline[0].output)
+    try:
+        segment = snap.segments[0]
+        assert segment.docids(docs) == [raw_docs[d]["_id"] for d in docs]
+        assert segment.fields_of(docs) == [(raw_docs[d]["title"], raw_docs[d]["text"]) for d in docs]
+        assert segment.docids([]) == [] and segment.fields(10) == (raw_docs[10]["title"], raw_docs[10]["text"])
+    finally:
+        snap.close()
+
+
 # --- 2. resume after kill -9 ----------------------------------------------------------------
 
 def test_resume_after_kill_reencodes_only_unfinished_shards(baseline, minilm, corpus, tmp_path, queries, monkeypatch, capsys):

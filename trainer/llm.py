@@ -72,10 +72,47 @@ class CausalLM:
         return text if len(ids) <= max_tokens else self.tokenizer.decode(ids[:max_tokens])
 
     def _batch(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        # Left padding: every row's last position is its own last prompt token, which both
-        # generation and next-token scoring need. Chat templates already hold BOS.
+        # Left padding: every row's last position is its own last prompt token, which
+        # next-token scoring needs. Chat templates already hold BOS.
         self.tokenizer.padding_side = "left"
         return self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+
+    @torch.inference_mode()
+    def prefill(self, prompts: Sequence[str], copies: int = 1) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """(input_ids, attention_mask, cache) of `prompts`, each row repeated `copies` times, with
+        every prompt token but the last already in the cache, for `model.generate` to continue.
+
+        Prompts for augmentation share a long few-shot prefix and are sampled several times, and
+        on a CPU the prompt's forward pass is most of the cost: here the shared token prefix is
+        run once, each prompt's own part once, and the cache copied for its samples. Rows are
+        [shared prefix | padding | own tokens], so every row ends in the last column; positions
+        skip the padding, as left padding would.
+        """
+        from transformers import DynamicCache
+
+        rows = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if not rows or min(map(len, rows)) == 0:
+            raise ValueError("every prompt needs at least one token")
+        shared = _common_prefix_length(rows, limit=min(map(len, rows)) - 1)  # each row keeps a token of its own
+        own = max(len(r) for r in rows) - shared
+        pad = self.tokenizer.pad_token_id
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([r[:shared] + [pad] * (own - len(r) + shared) + r[shared:] for r in rows], device=device)
+        mask = torch.tensor([[1] * shared + [0] * (own - len(r) + shared) + [1] * (len(r) - shared) for r in rows],
+                            device=device)
+        cache = DynamicCache(config=self.model.config)
+        if shared:
+            self.model(input_ids=ids[:1, :shared], past_key_values=cache, use_cache=True)
+            cache.batch_repeat_interleave(len(rows))
+        if own > 1:  # the rows' own tokens but the last; positions continue after the prefix, skipping padding
+            own_mask = mask[:, shared:-1]
+            positions = (shared + own_mask.cumsum(-1) - 1).clamp(min=shared)
+            self.model(input_ids=ids[:, shared:-1], attention_mask=mask[:, :-1], position_ids=positions,
+                       past_key_values=cache, use_cache=True)
+        if copies > 1:
+            cache.batch_repeat_interleave(copies)
+            ids, mask = ids.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
+        return ids, mask, cache
 
     @torch.inference_mode()
     def generate(
@@ -92,24 +129,25 @@ class CausalLM:
 
         With `seed`, sampling is reproducible for the same batch of prompts on the same machine.
         """
-        batch = self._batch(prompts)
+        ids, mask, cache = self.prefill(prompts, num_return_sequences)
         sampling = temperature > 0
         # The seed applies to this call only: the caller's random stream is restored afterwards.
-        device = next(self.model.parameters()).device
+        device = ids.device
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
             out = self.model.generate(
-                **batch,
+                input_ids=ids,
+                attention_mask=mask,
+                past_key_values=cache,
                 max_new_tokens=max_new_tokens,
                 do_sample=sampling,
                 temperature=temperature if sampling else None,
                 top_p=top_p if sampling else None,
                 top_k=None,
-                num_return_sequences=num_return_sequences,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
-        texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         return [texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
 
     @torch.inference_mode()
@@ -126,6 +164,13 @@ class CausalLM:
         batch = self._batch(prompts)
         logits = self.model(**batch).logits[:, -1, :].float()
         return torch.log_softmax(logits, dim=-1)[:, ids]
+
+
+def _common_prefix_length(rows: Sequence[Sequence[int]], limit: int) -> int:
+    n = 0
+    while n < limit and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
 
 
 def load_causal_lm(

@@ -68,6 +68,8 @@ class FileCache:
             self._evict()
 
     def _evict(self) -> None:
+        if len(self._open) <= self.capacity:  # the common case: runs on every read, so no scan
+            return
         idle = [k for k, e in self._open.items() if e[1] == 0]
         while len(self._open) > self.capacity and idle:
             key = idle.pop(0)

@@ -41,6 +41,13 @@ SHARD_FILES = ("vec.npy", "ids.bin", "ids.off.npy", "docs.bin", "docs.off.npy", 
 CHUNK_FILE = "rows.npy"
 
 
+# Offsets of the documents one batch asks for are read in one piece when they span at most this
+# many rows (512 KiB of uint64); wider spreads (huge shards) are read pair by pair.
+OFFSETS_SPAN = 1 << 16
+# Their records are read in one piece too when that reads at most 256 KiB (ids; texts rarely).
+RECORDS_SPAN = 1 << 18
+
+
 def shard_stem(number: int) -> str:
     return f"{number:05d}"
 
@@ -209,6 +216,7 @@ class Segment:
 
     def __init__(self, folder: Path, info: SegmentInfo, cache: FileCache, info_sha256: str = ""):
         self.folder, self.info, self.cache, self.info_sha256 = folder, info, cache, info_sha256
+        self._prefix = str(folder)
         self.shards = info.shard_infos()
         self.row_starts = np.cumsum([0] + [s.rows for s in self.shards])
         self.doc_starts = np.cumsum([0] + [s.documents for s in self.shards])
@@ -220,32 +228,70 @@ class Segment:
     def _path(self, shard: ShardInfo, suffix: str) -> Path:
         return self.folder / f"{shard_stem(shard.number)}.{suffix}"
 
+    def _file(self, shard: ShardInfo, suffix: str) -> str:
+        """`_path` as a string, for per-row reads (building a Path costs more than the pread)."""
+        return f"{self._prefix}/{shard_stem(shard.number)}.{suffix}"
+
     def _shard_of(self, starts: np.ndarray, position: int) -> int:
         return int(np.searchsorted(starts, position, side="right")) - 1
 
-    def _span(self, shard: ShardInfo, suffix: str, local: int) -> tuple[int, int]:
-        info = shard.file(suffix)
-        pair = read_npy_rows(self.cache, self._path(shard, suffix), info.header, 8, np.uint64, (), local, 2)
-        return int(pair[0]), int(pair[1])
+    def _records(self, docs: Sequence[int], name: str) -> list[bytes]:
+        """The `name`.bin records of `docs` (ids or docs), found through `name`.off.npy.
+
+        Batched because a search batch touches thousands of rows: the offsets of each shard
+        touched come in one read when they lie within OFFSETS_SPAN rows of each other, and the
+        records in one read when they are close (ids), else one pread each (long texts).
+        """
+        docs = np.asarray(docs, dtype=np.int64).reshape(-1)
+        out: list[bytes] = [b""] * len(docs)
+        if not len(docs):
+            return out
+        shard_of = np.searchsorted(self.doc_starts, docs, side="right") - 1
+        for s in np.unique(shard_of).tolist():
+            where = np.nonzero(shard_of == s)[0]
+            shard = self.shards[s]
+            local = docs[where] - int(self.doc_starts[s])
+            starts, ends = self._offset_pairs(shard, f"{name}.off.npy", local)
+            path = self._file(shard, f"{name}.bin")
+            first, last = min(starts), max(ends)
+            if last - first <= RECORDS_SPAN:
+                block = self.cache.pread(path, last - first, first)  # small records (ids): one read
+                for i, start, end in zip(where.tolist(), starts, ends):
+                    out[i] = block[start - first:end - first]
+            else:
+                for i, start, end in zip(where.tolist(), starts, ends):
+                    out[i] = self.cache.pread(path, end - start, start)
+        return out
+
+    def _offset_pairs(self, shard: ShardInfo, suffix: str, local: np.ndarray) -> tuple[list[int], list[int]]:
+        """(start, end) byte offsets of shard-local documents `local` from an offsets file."""
+        header = shard.file(suffix).header
+        path = self._file(shard, suffix)
+        lo, hi = int(local.min()), int(local.max()) + 2
+        if hi - lo <= OFFSETS_SPAN:
+            offsets = read_npy_rows(self.cache, path, header, 8, np.uint64, (), lo, hi - lo)
+            return offsets[local - lo].tolist(), offsets[local - lo + 1].tolist()
+        pairs = [read_npy_rows(self.cache, path, header, 8, np.uint64, (), d, 2) for d in local.tolist()]
+        return [int(p[0]) for p in pairs], [int(p[1]) for p in pairs]
+
+    def docids(self, docs: Sequence[int]) -> list[str]:
+        return [raw.decode("utf-8", "surrogatepass") for raw in self._records(docs, "ids")]
 
     def docid(self, doc: int) -> str:
-        s = self._shard_of(self.doc_starts, doc)
-        shard = self.shards[s]
-        start, end = self._span(shard, "ids.off.npy", doc - int(self.doc_starts[s]))
-        return self.cache.pread(self._path(shard, "ids.bin"), end - start, start).decode("utf-8", "surrogatepass")
+        return self.docids([doc])[0]
+
+    def fields_of(self, docs: Sequence[int]) -> list[tuple[str, str]]:
+        """(title, text) of each of `docs`."""
+        return [(title, text) for title, text in map(msgpack.unpackb, self._records(docs, "docs"))]
 
     def fields(self, doc: int) -> tuple[str, str]:
-        s = self._shard_of(self.doc_starts, doc)
-        shard = self.shards[s]
-        start, end = self._span(shard, "docs.off.npy", doc - int(self.doc_starts[s]))
-        title, text = msgpack.unpackb(self.cache.pread(self._path(shard, "docs.bin"), end - start, start))
-        return title, text
+        return self.fields_of([doc])[0]
 
     def content_hash(self, doc: int) -> int:
         s = self._shard_of(self.doc_starts, doc)
         shard = self.shards[s]
         info = shard.file("hash.npy")
-        return int(read_npy_rows(self.cache, self._path(shard, "hash.npy"), info.header, 8, np.uint64, (),
+        return int(read_npy_rows(self.cache, self._file(shard, "hash.npy"), info.header, 8, np.uint64, (),
                                  doc - int(self.doc_starts[s]), 1)[0])
 
     def row_info(self, row: int) -> tuple[int, int, int, int]:
@@ -255,7 +301,7 @@ class Segment:
         s = self._shard_of(self.row_starts, row)
         shard = self.shards[s]
         info = shard.file(CHUNK_FILE)
-        local = read_npy_rows(self.cache, self._path(shard, CHUNK_FILE), info.header, 32, np.int64, (4,),
+        local = read_npy_rows(self.cache, self._file(shard, CHUNK_FILE), info.header, 32, np.int64, (4,),
                               row - int(self.row_starts[s]), 1)[0]
         return int(local[0] + self.doc_starts[s]), int(local[1]), int(local[2]), int(local[3])
 
@@ -266,7 +312,7 @@ class Segment:
         for i, row in enumerate(np.asarray(rows).tolist()):
             s = self._shard_of(self.row_starts, row)
             shard = self.shards[s]
-            out[i] = read_npy_rows(self.cache, self._path(shard, "vec.npy"), shard.file("vec.npy").header, row_bytes,
+            out[i] = read_npy_rows(self.cache, self._file(shard, "vec.npy"), shard.file("vec.npy").header, row_bytes,
                                    np.float16, (self.info.dim,), row - int(self.row_starts[s]), 1)[0]
         return out
 
