@@ -136,6 +136,8 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
 
     result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"), "--batch-size", "0"])
     assert isinstance(result.exception, UsageError) and "batch_size" in str(result.exception)
+    result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"), "--crops-per-passage", "0"])
+    assert isinstance(result.exception, UsageError) and "--llm-queries" in str(result.exception)
     assert not (tmp_path / "o.adapt-work").exists()
 
 

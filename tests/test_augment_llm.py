@@ -76,6 +76,33 @@ def test_sampling_is_seeded(lm):
     assert any(lm.generate(prompts, seed=s, **kwargs) != first for s in (4, 5))
 
 
+def test_shared_prefill_generates_what_plain_generate_does(lm):
+    """generate() runs the prompts' common prefix once and copies the cache per sample; the text must
+    equal transformers' own generate over left-padded prompts, and the cached prompts must score
+    the next token as a plain forward pass of each prompt alone does."""
+    shots = [("Passage: the sea is salty.", "Task: facts\nQuery: why is the sea salty")]
+    passages = ["rain falls on the plain.", "violin", "violin", "a much longer passage about strings, bows and the wood"]
+    prompts = [lm.chat_prompt(f"Passage: {p}", system="S", shots=shots, answer_prefix="Task:") for p in passages]
+    ours = lm.generate(prompts, max_new_tokens=6, num_return_sequences=2)
+    batch = lm._batch([p for p in prompts for _ in range(2)])  # greedy generate takes no num_return_sequences
+    with torch.inference_mode():
+        out = lm.model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+    texts = lm.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert ours == [texts[i:i + 2] for i in range(0, len(texts), 2)]
+
+    ids, mask, cache = lm.prefill(prompts, copies=3, room=1)
+    assert ids.shape[0] == mask.shape[0] == 12 and cache.get_seq_length() == ids.shape[1] - 1
+    assert bool((ids[:, 0] == ids[0, 0]).all()) and not bool(mask[:, -1].eq(0).any())  # shared start, own end
+    with torch.inference_mode():
+        positions = (mask.cumsum(-1) - 1)[:, -1:]
+        last = lm.model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions,
+                        **{lm._cache_arg: cache}).logits[:, -1].float()
+        for row, prompt in enumerate(prompts):
+            alone = lm.model(**lm._batch([prompt])).logits[0, -1].float()
+            for copy in range(3):
+                assert torch.allclose(last[3 * row + copy], alone, atol=1e-4)
+
+
 def test_plain_prompt_without_chat_template(lm):
     assert not lm.has_chat_template  # the Llama-3 tokenizer files here carry no template
     text = lm.chat_prompt("Q2", system="S", answer_prefix="[", shots=[("Q1", "A1")])

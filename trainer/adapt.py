@@ -85,7 +85,7 @@ class AdaptSettings:
     device: str | None = None  # default: cuda when available, else cpu
     llm_queries: int | None = None  # passages to write LLM queries for; None: 0 on CPU, 2000 on GPU
     llm: str = "smollm2"  # causal LM for queries: "smollm2", a .gguf, a folder or a hub id
-    crops_per_passage: int | None = None  # None: 1, more for a corpus too small to fill the cap (crops_per_passage())
+    crops_per_passage: int | None = None  # None: 1, more for a corpus too small to fill the cap; 0: no crops
     negative_ranks: tuple[int, int] | None = None  # None: (30, 50), scaled down for corpora under 100 docs
     margin_ratio: float | None = 0.95  # drop negatives scoring above this x the positive's score
     max_train_examples: int | None = None  # None: 1,200 on CPU, 20,000 on GPU
@@ -114,7 +114,10 @@ class AdaptSettings:
                 raise UsageError(name, f"expected a non-empty path or name, got {getattr(self, name)!r:.40}")
         validate.check_device(self.device)
         validate.optional_integer("llm_queries", self.llm_queries, minimum=0)
-        validate.optional_integer("crops_per_passage", self.crops_per_passage)
+        validate.optional_integer("crops_per_passage", self.crops_per_passage, minimum=0)
+        if self.crops_per_passage == 0 and not self.llm_queries:
+            raise UsageError("crops_per_passage", "0 turns cropped queries off, which leaves no training data "
+                                                  "unless --llm-queries N is given too")
         for name in ("max_train_examples", "max_steps", "batch_size", "max_length"):
             validate.optional_integer(name, getattr(self, name))
         validate.optional_integer("negatives_per_query", self.negatives_per_query, minimum=0)
@@ -340,13 +343,14 @@ def _crop(settings: AdaptSettings, wanted: int, corpus: str, side: MiningSide, o
     """Cropped-sentence examples; with crops_per_passage unset, as many per passage as `wanted`
     needs, counted on the passages mining loads anyway (a finished step loads none)."""
     config = CropConfig(remove_from_positive=True, seed=settings.seed)
-    key = {**dataclasses.asdict(config), "queries_per_passage": settings.crops_per_passage or f"auto for {wanted}"}
+    chosen = settings.crops_per_passage
+    key = {**dataclasses.asdict(config), "queries_per_passage": f"auto for {wanted}" if chosen is None else chosen}
     output = ResumableOutput(out, {"step": "crop", "corpus": corpus, **key})
     if output.progress.finished:
         report.skipped.append("crop")
     else:
         passages = side.dense().passages
-        crops = settings.crops_per_passage or crops_per_passage(len(passages), wanted)
+        crops = crops_per_passage(len(passages), wanted) if chosen is None else chosen
         config = dataclasses.replace(config, queries_per_passage=crops)
         run_batches(output, passages, lambda _, batch: ([e for p in batch for e in crop_passage(p, config)], {}),
                     batch_size=1000, total=len(passages), desc="crop")

@@ -13,6 +13,7 @@ Never remote code and never pickled weights.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,17 +79,19 @@ class CausalLM:
         return self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
 
     @torch.inference_mode()
-    def prefill(self, prompts: Sequence[str], copies: int = 1) -> tuple[torch.Tensor, torch.Tensor, object]:
+    def prefill(self, prompts: Sequence[str], copies: int = 1, room: int = 0) -> tuple[torch.Tensor, torch.Tensor, object]:
         """(input_ids, attention_mask, cache) of `prompts`, each row repeated `copies` times, with
         every prompt token but the last already in the cache, for `model.generate` to continue.
 
         Prompts for augmentation share a long few-shot prefix and are sampled several times, and
-        on a CPU the prompt's forward pass is most of the cost: here the shared token prefix is
+        on a CPU the prompt's forward pass was most of the cost: here the shared token prefix is
         run once, each prompt's own part once, and the cache copied for its samples. Rows are
         [shared prefix | padding | own tokens], so every row ends in the last column; positions
-        skip the padding, as left padding would.
+        skip the padding, as left padding would. The cache is static with `room` free positions
+        for the new tokens: a growing cache copies itself at every generated token, which was
+        half of a decoding step on a CPU (benchmarks/RESULTS.md section 13.5).
         """
-        from transformers import DynamicCache
+        from transformers import DynamicCache, StaticCache
 
         rows = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         if not rows or min(map(len, rows)) == 0:
@@ -102,17 +105,26 @@ class CausalLM:
                             device=device)
         cache = DynamicCache(config=self.model.config)
         if shared:
-            self.model(input_ids=ids[:1, :shared], past_key_values=cache, use_cache=True)
+            self.model(input_ids=ids[:1, :shared], **{self._cache_arg: cache}, use_cache=True)
             cache.batch_repeat_interleave(len(rows))
         if own > 1:  # the rows' own tokens but the last; positions continue after the prefix, skipping padding
             own_mask = mask[:, shared:-1]
             positions = (shared + own_mask.cumsum(-1) - 1).clamp(min=shared)
             self.model(input_ids=ids[:, shared:-1], attention_mask=mask[:, :-1], position_ids=positions,
-                       past_key_values=cache, use_cache=True)
+                       **{self._cache_arg: cache}, use_cache=True)
         if copies > 1:
             cache.batch_repeat_interleave(copies)
             ids, mask = ids.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
-        return ids, mask, cache
+        static = StaticCache(config=self.model.config, max_cache_len=ids.shape[1] + room)
+        for layer, filled in enumerate(cache.layers):
+            if filled.get_seq_length():
+                static.update(filled.keys, filled.values, layer)
+        return ids, mask, static
+
+    @property
+    def _cache_arg(self) -> str:
+        """The cache keyword of the model's forward: `cache` in newer transformers, `past_key_values` before."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     @torch.inference_mode()
     def generate(
@@ -129,7 +141,7 @@ class CausalLM:
 
         With `seed`, sampling is reproducible for the same batch of prompts on the same machine.
         """
-        ids, mask, cache = self.prefill(prompts, num_return_sequences)
+        ids, mask, cache = self.prefill(prompts, num_return_sequences, room=max_new_tokens)
         sampling = temperature > 0
         # The seed applies to this call only: the caller's random stream is restored afterwards.
         device = ids.device
@@ -139,7 +151,7 @@ class CausalLM:
             out = self.model.generate(
                 input_ids=ids,
                 attention_mask=mask,
-                past_key_values=cache,
+                **{self._cache_arg: cache},
                 max_new_tokens=max_new_tokens,
                 do_sample=sampling,
                 temperature=temperature if sampling else None,
