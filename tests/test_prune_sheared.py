@@ -7,6 +7,7 @@ generates and loads as an encoder. The CLI runs both commands end to end.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -16,7 +17,7 @@ import transformers
 from click.testing import CliRunner
 
 from conftest import LLAMA3_TOKENIZER, shared_path
-from dramasearch.errors import UsageError
+from dramasearch.errors import DramaSearchError, UsageError
 from dramasearch.models import load_encoder
 from test_llama_shapes import TEXTS, save_tiny_checkpoint, tiny_config
 from trainer.prune.cli import COMMANDS
@@ -163,6 +164,50 @@ def test_cli_sheared_reports_held_out_loss_parameters_and_continues(tmp_path, co
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     held_out = [json.loads(line)["text"] for line in corpus.read_text().splitlines()[8:12]]
     assert held_out_loss(small, tokenizer, held_out, max_length=16) == pytest.approx(report["lm_loss"]["continued"], rel=1e-5)
+
+
+@pytest.mark.parametrize("crash_at", [("masks", 3), ("continue", 0), ("continue", 2)])
+def test_sheared_resumes_after_a_crash_with_the_uninterrupted_losses(tmp_path, corpus, monkeypatch, one_thread, crash_at):
+    """A run killed at a checkpoint (in mask learning, right after the cut, or in continued
+    pre-training) and rerun ends with the uninterrupted run's losses, shape and weights."""
+    from trainer.prune import sheared_checkpoint
+    from trainer.prune.sheared import sheared_prune
+
+    source = save_tiny_lm(tmp_path / "lm")
+    texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+    settings = ShearedSettings(targets={"heads": 2, "intermediate": 64}, steps=7, warmup_steps=3, batch_size=2,
+                               max_length=16, model_lr=1e-3, lagrangian_lr=1.0, continue_steps=5, continue_lr=1e-3,
+                               checkpoint_every=2)
+    whole = sheared_prune(source, tmp_path / "whole", texts[:8], settings, eval_texts=texts[8:12])
+
+    real_save, saves = sheared_checkpoint.ShearedCheckpoint.save, []
+
+    def save_then_die(self, stage, step, *args, **kwargs):  # the process dies after this checkpoint is written
+        real_save(self, stage, step, *args, **kwargs)
+        saves.append((stage, step))
+        if (stage, step) == (crash_at[0], crash_at[1] + 1 if crash_at[0] == "masks" else crash_at[1]):
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(sheared_checkpoint.ShearedCheckpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        sheared_prune(source, tmp_path / "resumed", texts[:8], settings, eval_texts=texts[8:12])
+    assert (tmp_path / "resumed.sheared-work" / "checkpoint" / "state.json").is_file()
+    assert not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(sheared_checkpoint.ShearedCheckpoint, "save", real_save)
+    resumed = sheared_prune(source, tmp_path / "resumed", texts[:8], settings, eval_texts=texts[8:12])
+
+    assert (resumed.history, resumed.continue_history, resumed.lm_loss) == (whole.history, whole.continue_history, whole.lm_loss)
+    assert resumed.layer_shapes == whole.layer_shapes == [{"heads": 2, "kv_heads": 1, "intermediate": 64}] * 3
+    a, b = (ShapedLlamaForCausalLM.from_pretrained(tmp_path / name).state_dict() for name in ("whole", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "resumed.sheared-work").exists()  # removed once the output is written
+
+    other = dataclasses.replace(settings, steps=8)  # a checkpoint of other settings is refused, not mixed in
+    monkeypatch.setattr(sheared_checkpoint.ShearedCheckpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        sheared_prune(source, tmp_path / "third", texts[:8], settings)
+    with pytest.raises(DramaSearchError, match="other settings"):
+        sheared_prune(source, tmp_path / "third", texts[:8], other)
 
 
 def test_cli_sheared_refuses_to_hold_out_every_document(tmp_path, corpus):

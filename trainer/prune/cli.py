@@ -68,10 +68,15 @@ def effir(model, output, calibration, num_texts, max_length, drop_mlp, drop_atte
 @click.option("--continue-lr", default=1e-4, show_default=True)
 @click.option("--eval-texts", default=0, type=click.IntRange(min=0), show_default=True,
               help="Documents after the training ones, held out to report the LM loss before, after pruning and after continuing.")
+@click.option("--checkpoint-every", default=50, type=click.IntRange(min=0), show_default=True,
+              help="Steps between checkpoints in OUTPUT.sheared-work (0: none).")
 def sheared(model, output, calibration, num_texts, target_layers, target_heads, target_intermediate, target_hidden,
             steps, warmup_steps, batch_size, max_length, model_lr, mask_lr, lagrangian_lr, seed, continue_steps,
-            continue_lr, eval_texts) -> None:
-    """Learn hard-concrete masks on MODEL (a Llama causal LM) toward the target shape, then cut; prints a JSON report."""
+            continue_lr, eval_texts, checkpoint_every) -> None:
+    """Learn hard-concrete masks on MODEL (a Llama causal LM) toward the target shape, then cut; prints a JSON report.
+
+    Checkpoints every --checkpoint-every steps: rerun the same command after a crash to resume.
+    """
     from .sheared import ShearedSettings, sheared_prune
 
     targets = {k: v for k, v in {"layers": target_layers, "heads": target_heads,
@@ -81,7 +86,7 @@ def sheared(model, output, calibration, num_texts, target_layers, target_heads, 
     settings = ShearedSettings(targets=targets, steps=steps, warmup_steps=warmup_steps, batch_size=batch_size,
                                max_length=max_length, model_lr=model_lr, mask_lr=mask_lr,
                                lagrangian_lr=lagrangian_lr, seed=seed, continue_steps=continue_steps,
-                               continue_lr=continue_lr)
+                               continue_lr=continue_lr, checkpoint_every=checkpoint_every)
     texts = calibration_texts(calibration, num_texts + eval_texts)
     if eval_texts and len(texts) <= eval_texts:
         raise click.BadParameter(f"{calibration} has {len(texts)} documents: too few to hold {eval_texts} out",

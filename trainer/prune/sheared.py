@@ -11,6 +11,7 @@ after it, and after continued pre-training.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from dramasearch.models import load_encoder
 from .effir import tokens_per_second
 from .hardconcrete import Lagrangian, LlamaMasks, check_target, masked, masks_to_plan, ramped_target
 from .shapes import ShapedLlamaForCausalLM, non_embedding_parameters, prune_llama, save_pruned
+from .sheared_checkpoint import ShearedCheckpoint
 
 
 
@@ -41,6 +43,7 @@ class ShearedSettings:
     seed: int = 0
     continue_steps: int = 0  # continued pre-training of the pruned model, same batches
     continue_lr: float = 1e-4
+    checkpoint_every: int = 50  # steps between checkpoints of either stage (0: none)
 
 
 @dataclass
@@ -110,12 +113,20 @@ def held_out_loss(model, tokenizer, texts: Sequence[str], max_length: int, batch
     return total / count
 
 
-def continue_pretraining(model, batches, steps: int, lr: float, log_every: int = 10) -> list[dict]:
-    """Next-token training of the pruned model (AdamW, constant lr); returns the logged losses."""
+def continue_pretraining(model, batches, steps: int, lr: float, log_every: int = 10,
+                         checkpoint: ShearedCheckpoint | None = None, resume: dict | None = None) -> list[dict]:
+    """Next-token training of the pruned model (AdamW, constant lr); returns the logged losses.
+
+    With `checkpoint`, the state is saved every `checkpoint_every` steps; `resume` (a saved
+    "continue" state) restores the model, optimizer and random state and restarts at its step.
+    """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    start, history = (resume["step"], resume["continue_history"]) if resume else (0, [])
+    if resume and checkpoint:
+        checkpoint.restore({"model": model}, [optimizer])
     model.train()
-    history = []
-    bar = tqdm(range(steps), desc="continued pre-training", unit="step", disable=not steps)
+    bar = tqdm(range(start, steps), desc="continued pre-training", unit="step", disable=not steps,
+               initial=start, total=steps)
     for step in bar:
         ids, mask = next(batches)
         loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
@@ -127,12 +138,19 @@ def continue_pretraining(model, batches, steps: int, lr: float, log_every: int =
         if step % log_every == 0 or step == steps - 1:
             history.append({"step": step, "lm_loss": round(float(loss.detach()), 4)})
             bar.set_postfix(lm_loss=history[-1]["lm_loss"])
+        if checkpoint and _due(checkpoint, step, steps):
+            checkpoint.save("continue", step + 1, {"model": model}, [optimizer], {"continue_history": history}, pruned=model)
     model.eval()
     return history
 
 
-def learn_masks(model: ShapedLlamaForCausalLM, batches, settings: ShearedSettings, log_every: int = 10):
-    """Run the pruning loop; returns the masks and a history of (step, loss, expected sizes)."""
+def learn_masks(model: ShapedLlamaForCausalLM, batches, settings: ShearedSettings, log_every: int = 10,
+                checkpoint: ShearedCheckpoint | None = None, resume: dict | None = None):
+    """Run the pruning loop; returns the masks and a history of (step, loss, expected sizes).
+
+    With `checkpoint`, the state is saved every `settings.checkpoint_every` steps; `resume` (a
+    saved "masks" state) restores it and restarts at its step.
+    """
     masks = LlamaMasks(model, kinds=tuple(settings.targets))
     for kind, target in settings.targets.items():
         check_target(masks.full, kind, target)
@@ -145,10 +163,13 @@ def learn_masks(model: ShapedLlamaForCausalLM, batches, settings: ShearedSetting
         optimizers.append(torch.optim.AdamW(model.parameters(), lr=settings.model_lr))
     else:
         model.requires_grad_(False)
+    modules = {"model": model, "masks": masks, "lagrangian": lagrangian}
+    start, history = (resume["step"], resume["history"]) if resume else (0, [])
+    if resume and checkpoint:
+        checkpoint.restore(modules, optimizers)
     model.train()
     masks.train()
-    history = []
-    bar = tqdm(range(settings.steps), desc="learning masks", unit="step")
+    bar = tqdm(range(start, settings.steps), desc="learning masks", unit="step", initial=start, total=settings.steps)
     for step in bar:
         ids, mask = next(batches)
         labels = ids.masked_fill(mask == 0, -100)
@@ -165,19 +186,31 @@ def learn_masks(model: ShapedLlamaForCausalLM, batches, settings: ShearedSetting
             expected = {k: round(float(masks.expected_size(k).detach()), 2) for k in settings.targets}
             history.append({"step": step, "lm_loss": round(float(lm_loss.detach()), 4), "expected": expected})
             bar.set_postfix(lm_loss=history[-1]["lm_loss"], **{k: f"{v:g}" for k, v in expected.items()})
+        if checkpoint and _due(checkpoint, step, settings.steps):
+            checkpoint.save("masks", step + 1, modules, optimizers, {"history": history})
     model.eval()
     masks.eval()
     return masks, history
 
 
+def _due(checkpoint: ShearedCheckpoint, step: int, steps: int) -> bool:
+    every = checkpoint.settings.checkpoint_every
+    return every > 0 and (step + 1) % every == 0 and step + 1 < steps
+
+
 def sheared_prune(model_dir: Path, out_dir: Path, texts: Sequence[str], settings: ShearedSettings,
-                  eval_texts: Sequence[str] = ()) -> ShearedReport:
+                  eval_texts: Sequence[str] = (), work_dir: Path | None = None) -> ShearedReport:
     """Prune the causal LM in `model_dir` to `settings.targets` on `texts`, continue pre-training, save to `out_dir`.
 
     With `eval_texts` (held out from `texts`), the report has the LM loss of the full model,
-    of the pruned one, and after continued pre-training.
+    of the pruned one, and after continued pre-training. Checkpoints go to `work_dir` (default
+    OUT.sheared-work); rerunning the same command resumes from the last one, and the folder is
+    removed once the output is written.
     """
     started = time.perf_counter()
+    work = Path(work_dir) if work_dir else Path(f"{out_dir}.sheared-work")
+    checkpoint = ShearedCheckpoint(work, settings)
+    state = checkpoint.load_state()
     torch.manual_seed(settings.seed)
     model, info = ShapedLlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, output_loading_info=True)
     if "lm_head.weight" in info["missing_keys"]:
@@ -186,24 +219,43 @@ def sheared_prune(model_dir: Path, out_dir: Path, texts: Sequence[str], settings
             "Sheared pruning needs the causal LM the encoder comes from, not an encoder checkpoint"
         )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    lm_loss = {}
-    if eval_texts:
+    lm_loss = dict(state["lm_loss"]) if state else {}
+    if eval_texts and "full" not in lm_loss:
         lm_loss["full"] = held_out_loss(model, tokenizer, eval_texts, settings.max_length)
+    checkpoint.carry["lm_loss"] = lm_loss
     generator = torch.Generator().manual_seed(settings.seed)
     batches = lm_batches(tokenizer, texts, settings.max_length, settings.batch_size, generator)
-    masks, history = learn_masks(model, batches, settings)
-    pruned = prune_llama(model, masks_to_plan(model, masks.final_values(settings.targets)))
-    if eval_texts:
-        lm_loss["pruned"] = held_out_loss(pruned, tokenizer, eval_texts, settings.max_length)
-    continued = continue_pretraining(pruned, batches, settings.continue_steps, settings.continue_lr)
+    if state and state["stage"] == "continue":
+        history, pruned = state["history"], checkpoint.pruned_model()
+        _skip(batches, settings.steps + state["step"])
+    else:
+        _skip(batches, state["step"] if state else 0)
+        masks, history = learn_masks(model, batches, settings, checkpoint=checkpoint, resume=state)
+        pruned = prune_llama(model, masks_to_plan(model, masks.final_values(settings.targets)))
+        if eval_texts:
+            lm_loss["pruned"] = held_out_loss(pruned, tokenizer, eval_texts, settings.max_length)
+        state = None
+        if settings.checkpoint_every and settings.continue_steps:  # a crash from here on keeps the cut model
+            checkpoint.save("continue", 0, {"model": pruned}, [], {"history": history, "continue_history": []},
+                            pruned=pruned)
+    checkpoint.carry["history"] = history
+    continued = continue_pretraining(pruned, batches, settings.continue_steps, settings.continue_lr,
+                                     checkpoint=checkpoint, resume=state)
     if eval_texts and settings.continue_steps:
         lm_loss["continued"] = held_out_loss(pruned, tokenizer, eval_texts, settings.max_length)
     save_pruned(pruned, out_dir, tokenizer_from=model_dir)
+    shutil.rmtree(work, ignore_errors=True)
     before, after = (_encode_speed(folder, texts[:32], settings.max_length) for folder in (model_dir, out_dir))
     return ShearedReport(layer_shapes=pruned.config.layer_shapes, hidden_size=pruned.config.hidden_size, history=history,
                          continue_history=continued, lm_loss=lm_loss, parameters_before=non_embedding_parameters(model),
                          parameters_after=non_embedding_parameters(pruned), tokens_per_s_before=before, tokens_per_s_after=after,
                          seconds=round(time.perf_counter() - started, 1))
+
+
+def _skip(batches, count: int) -> None:
+    """Replay the seeded batch stream up to a resumed step (cheap: token ids only)."""
+    for _ in range(count):
+        next(batches)
 
 
 def _encode_speed(folder: Path, texts: Sequence[str], max_length: int) -> float:
