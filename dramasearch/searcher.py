@@ -350,39 +350,52 @@ class Searcher:
         scores, segs, rows = scores[valid], segs[valid], rows[valid]
         infos = [snap.segments[s].row_info(r) for s, r in zip(segs.tolist(), rows.tolist())]
         parents = [(int(s), info) for s, info in zip(segs.tolist(), infos)]
-        docids = [snap.segments[s].docid(info[0]) for s, info in parents]
-        return aggregate_chunks(scores, docids, [info[1] for _, info in parents], how, k), parents
+        keys = [(s, info[0]) for s, info in parents]
+        ids, _ = _stored(snap, keys, fields=False)
+        return aggregate_chunks(scores, [ids[key] for key in keys], [info[1] for _, info in parents], how, k), parents
 
     def _chunk_hits(self, snap: Snapshot, docs: list[DocScore], parents: list, with_fields: bool) -> list[Hit]:
-        hits = []
         stores_text = with_fields and snap.settings.get("store_text")
-        for rank, doc in enumerate(docs, start=1):
-            s, (number, chunk, start, end) = parents[doc.best]
-            title, text = snap.segments[s].fields(number) if stores_text else ("", "")
+        best = [parents[doc.best] for doc in docs]
+        _, fields = _stored(snap, [(s, info[0]) for s, info in best], ids=False, fields=stores_text)
+        hits = []
+        for rank, (doc, (s, (number, chunk, start, end))) in enumerate(zip(docs, best), start=1):
+            title, text = fields.get((s, number), ("", ""))
             passage = (f"{title} {text}".strip() if title else text)[start:end] if stores_text else ""
             hits.append(Hit(doc.docid, doc.score, rank, title, passage, chunk, start, end))
         return hits
 
     def _hits(self, snap: Snapshot, scores: np.ndarray, segs: np.ndarray, rows: np.ndarray,
               with_fields: bool) -> list[list[Hit]]:
-        """Hits of every query in a batch; each segment reads the ids (and fields) of its rows once, batched."""
-        fetch = with_fields and snap.settings.get("store_text")
+        """Hits of every query in a batch; each (segment, row) is read once for the whole batch."""
         found = segs >= 0  # -1: fewer live documents than k
-        ids: dict[tuple[int, int], str] = {}
-        fields: dict[tuple[int, int], tuple[str, str]] = {}
-        for s in np.unique(segs[found]).tolist():
-            wanted = np.unique(rows[found & (segs == s)])
-            keys = [(s, row) for row in wanted.tolist()]
-            segment = snap.segments[s]
-            ids.update(zip(keys, segment.docids(wanted)))
-            if fetch:
-                fields.update(zip(keys, segment.fields_of(wanted)))
+        ids, fields = _stored(snap, zip(segs[found].tolist(), rows[found].tolist()),
+                              fields=with_fields and snap.settings.get("store_text"))
         empty = ("", "")
         return [
             [Hit(ids[key], score, rank, *fields.get(key, empty))
              for rank, (score, key) in enumerate(zip(q_scores, zip(q_segs, q_rows)), start=1) if key[0] >= 0]
             for q_scores, q_segs, q_rows in zip(scores.tolist(), segs.tolist(), rows.tolist())
         ]
+
+
+def _stored(snap: Snapshot, keys, *, ids: bool = True, fields: bool) -> tuple[dict, dict]:
+    """Ids and/or (title, text) of (segment, document) keys, each read once, batched per
+    segment (Segment.docids / fields_of)."""
+    by_segment: dict[int, set[int]] = {}
+    for s, doc in keys:
+        by_segment.setdefault(s, set()).add(doc)
+    found: dict[tuple[int, int], str] = {}
+    texts: dict[tuple[int, int], tuple[str, str]] = {}
+    for s, docs in by_segment.items():
+        wanted = sorted(docs)
+        keyed = [(s, doc) for doc in wanted]
+        segment = snap.segments[s]
+        if ids:
+            found.update(zip(keyed, segment.docids(wanted)))
+        if fields:
+            texts.update(zip(keyed, segment.fields_of(wanted)))
+    return found, texts
 
 
 def check_encoder(actual: EncoderSpec, expected: EncoderSpec, where: Path) -> None:
