@@ -12,6 +12,7 @@ Never remote code and never pickled weights.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
@@ -97,11 +98,12 @@ class CausalLM:
         if not rows or min(map(len, rows)) == 0:
             raise ValueError("every prompt needs at least one token")
         shared = _common_prefix_length(rows, limit=min(map(len, rows)) - 1)  # each row keeps a token of its own
-        own = max(len(r) for r in rows) - shared
+        longest = max(map(len, rows))
+        own = longest - shared
         pad = self.tokenizer.pad_token_id
         device = next(self.model.parameters()).device
-        ids = torch.tensor([r[:shared] + [pad] * (own - len(r) + shared) + r[shared:] for r in rows], device=device)
-        mask = torch.tensor([[1] * shared + [0] * (own - len(r) + shared) + [1] * (len(r) - shared) for r in rows],
+        ids = torch.tensor([r[:shared] + [pad] * (longest - len(r)) + r[shared:] for r in rows], device=device)
+        mask = torch.tensor([[1] * shared + [0] * (longest - len(r)) + [1] * (len(r) - shared) for r in rows],
                             device=device)
         cache = DynamicCache(config=self.model.config)
         if shared:
@@ -121,7 +123,7 @@ class CausalLM:
                 static.update(filled.keys, filled.values, layer)
         return ids, mask, static
 
-    @property
+    @functools.cached_property
     def _cache_arg(self) -> str:
         """The cache keyword of the model's forward: `cache` in newer transformers, `past_key_values` before."""
         return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"

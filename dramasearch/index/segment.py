@@ -225,12 +225,12 @@ class Segment:
     def name(self) -> str:
         return self.info.name
 
-    def _path(self, shard: ShardInfo, suffix: str) -> Path:
-        return self.folder / f"{shard_stem(shard.number)}.{suffix}"
-
     def _file(self, shard: ShardInfo, suffix: str) -> str:
-        """`_path` as a string, for per-row reads (building a Path costs more than the pread)."""
+        """A shard file's path as a string, for per-row reads (building a Path costs more than the pread)."""
         return f"{self._prefix}/{shard_stem(shard.number)}.{suffix}"
+
+    def _path(self, shard: ShardInfo, suffix: str) -> Path:
+        return Path(self._file(shard, suffix))
 
     def _shard_of(self, starts: np.ndarray, position: int) -> int:
         return int(np.searchsorted(starts, position, side="right")) - 1
