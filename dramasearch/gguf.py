@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import ModelLoadError
 from .fsutil import atomic_dir
+from .hf_loading import load_pretrained
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -50,7 +51,7 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         # The Auto class reads the architecture from the GGUF, so a non-Llama file is told apart here.
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        loaded = load_pretrained(AutoModelForCausalLM, folder, gguf_file=name, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{gguf_file}: transformers cannot read it as a GGUF model ({exc})") from exc
     if not isinstance(loaded, LlamaForCausalLM):

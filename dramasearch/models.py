@@ -21,6 +21,7 @@ from .bidirectional_llama import BidirectionalLlamaModel, llama_config_from_dict
 from .encoder import Encoder, EncoderSpec, default_device, default_dtype
 from .errors import ModelLoadError
 from .fsutil import atomic_write_bytes
+from .hf_loading import load_pretrained
 
 DEFAULT_MODEL = "facebook/drama-base"
 DRAMA_QUERY_PREFIX = "Query: "
@@ -143,8 +144,8 @@ def _llama_parts(folder: Path, name: str, max_length: int | None):
     _require_safetensors(folder)
     config = llama_config_from_dict(raw, source=str(folder / "config.json"))
     validate.max_length(max_length, config.max_position_embeddings, name)
-    model = BidirectionalLlamaModel.from_pretrained(folder, config=config, attn_implementation="sdpa",
-                                                    use_safetensors=True)
+    model = load_pretrained(BidirectionalLlamaModel, folder, config=config, attn_implementation="sdpa",
+                            use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, config=config)
     if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
         raise ModelLoadError(f"{folder}: the tokenizer has no BOS/EOS token, which DRAMA inputs need")
@@ -180,7 +181,7 @@ def _sentence_transformers_parts(folder: Path, name: str, max_length: int | None
     prompts = _read_json(prompts_path).get("prompts", {}) if prompts_path.is_file() else {}
     _require_safetensors(transformer_dir)
     validate.max_length(max_length, _position_limit(_read_json(transformer_dir / "config.json")), name)
-    model = AutoModel.from_pretrained(transformer_dir, attn_implementation="sdpa", use_safetensors=True)
+    model = load_pretrained(AutoModel, transformer_dir, attn_implementation="sdpa", use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(transformer_dir)
     spec = EncoderSpec(
         name=name,

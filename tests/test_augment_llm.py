@@ -139,3 +139,41 @@ def test_rerank_pseudo_labels_pointwise(tmp_path, lm, minilm):
     assert example.positives[0].docid == f"d{order[0]}"
     assert [p.docid for p in example.negatives] == [f"d{i}" for i in order[3:6]]
     assert progress.finished and progress.counts["kept"] == 1
+
+
+def test_loads_in_threads_leave_weight_tying_on(tiny_lm_folder):
+    """transformers swaps tie_weights out class-wide while loading; racing loads used to leave it off."""
+    import threading
+
+    from transformers import PreTrainedModel
+
+    from dramasearch.models import load_encoder
+
+    before = PreTrainedModel.tie_weights
+    errors = []
+
+    def load_a_few():
+        try:
+            for _ in range(4):
+                load_encoder("minilm")
+        except Exception as exc:  # surfaced below: a thread's exception would be lost otherwise
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load_a_few) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert PreTrainedModel.tie_weights is before
+    lm = load_causal_lm(tiny_lm_folder)
+    assert lm.model.lm_head.weight is lm.model.model.embed_tokens.weight
+
+
+def test_a_head_left_untied_by_a_foreign_load_is_refused(tiny_lm_folder, monkeypatch):
+    """A load we do not serialise can still turn tying off; the model is refused, not moved half-loaded."""
+    from transformers import PreTrainedModel
+
+    monkeypatch.setattr(PreTrainedModel, "tie_weights", lambda self, *a, **k: None)
+    with pytest.raises(ModelLoadError, match=r"\['lm_head.weight'\] was not loaded \(left on the meta device\)"):
+        load_causal_lm(tiny_lm_folder)

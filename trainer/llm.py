@@ -24,6 +24,7 @@ import torch
 
 from dramasearch.errors import ModelLoadError
 from dramasearch.gguf import convert_gguf, smollm2_gguf_path
+from dramasearch.hf_loading import load_pretrained
 from dramasearch.models import resolve_model_folder
 
 DEFAULT_LLM = "smollm2"
@@ -213,8 +214,8 @@ def load_causal_lm(
         raise ModelLoadError(f"{folder}: no *.safetensors weights (pickled .bin/.pt checkpoints are not loaded)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model, info = model_class.from_pretrained(
-            folder, dtype=dtype, use_safetensors=True, trust_remote_code=False, output_loading_info=True
+        model, info = load_pretrained(
+            model_class, folder, dtype=dtype, use_safetensors=True, trust_remote_code=False, output_loading_info=True
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{folder}: cannot load it as a causal LM ({exc})") from exc

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
+from dramasearch.hf_loading import load_pretrained
 from dramasearch.models import load_encoder
 
 from .effir import tokens_per_second
@@ -212,7 +213,7 @@ def sheared_prune(model_dir: Path, out_dir: Path, texts: Sequence[str], settings
     checkpoint = ShearedCheckpoint(work, settings)
     state = checkpoint.load_state()
     torch.manual_seed(settings.seed)
-    model, info = ShapedLlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, output_loading_info=True)
+    model, info = load_pretrained(ShapedLlamaForCausalLM, model_dir, dtype=torch.float32, output_loading_info=True)
     if "lm_head.weight" in info["missing_keys"]:
         raise ValueError(
             f"{model_dir}: no language-modelling head (lm_head.weight) and untied embeddings; "
