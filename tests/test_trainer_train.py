@@ -175,8 +175,9 @@ def _weights(folder):
 def test_resumed_run_repeats_the_uninterrupted_run(tiny_dropout, data, tmp_path, monkeypatch):
     whole = train(_settings(tiny_dropout, data, tmp_path / "whole"))
     assert whole.steps == 4 and len(whole.losses) == 4 and whole.resumed_from is None
-    assert [step for step, _ in whole.evaluations] == [0, 2, 4] and whole.baseline == whole.evaluations[0][1]
-    assert all(0 <= score <= 1 for _, score in whole.evaluations)
+    assert [step for step, *_ in whole.evaluations] == [0, 2, 4] and whole.baseline == whole.evaluations[0][1]
+    assert all(0 <= score <= 1 for _, score, _ in whole.evaluations)
+    assert whole.evaluations[0][2] is None and all(0 <= c <= 1 for *_, c in whole.evaluations[1:])
     # Training on the topic data lifts dev nDCG@10 well above the random model (0.57 -> 0.75 here).
     assert whole.best_step == 4 and whole.best_score > whole.baseline + 0.05 and not whole.baseline_kept
     best_meta = json.loads((tmp_path / "whole" / "best" / "dramasearch_encoder.json").read_text())
@@ -225,10 +226,15 @@ def test_cli_trains_and_a_resume_refuses_other_settings(tiny, data, tmp_path):
         train(TrainSettings(**{**saved, "learning_rate": 1e-2, "save_steps": 7}))  # save_steps may change
 
 
+def _dev_scores(monkeypatch, per_step):
+    """Replace the dev evaluation by fixed per-query nDCG@10 lists, one per evaluation."""
+    scores = iter(per_step)
+    monkeypatch.setattr(train_module, "per_query_ndcg10", lambda encoder, dev, dims: {dims[0]: np.array(next(scores))})
+
+
 def test_worse_than_baseline_keeps_the_baseline(tiny, data, tmp_path, monkeypatch):
     """Dev scores that only fall after step 0: best/ is the untrained model, and the report says so."""
-    scores = iter([0.5, 0.4, 0.3])
-    monkeypatch.setattr(train_module, "evaluate_encoder", lambda *a, **k: next(scores))
+    _dev_scores(monkeypatch, [[0.5, 0.5], [0.4, 0.4], [0.3, 0.3]])
     report = train(_settings(tiny, data, tmp_path, chunk_size=None, max_steps=2, eval_steps=1))
     assert report.baseline_kept and report.best_step == 0 and report.baseline == report.best_score == 0.5
     assert "did not beat the zero-shot baseline" in report.summary()
@@ -278,3 +284,43 @@ def test_two_ranks_equal_one_process(tiny, data, tmp_path):
     losses = json.loads((tmp_path / "losses.json").read_text())
     np.testing.assert_allclose(losses, single.losses, rtol=0, atol=1e-5)
     assert (tmp_path / "ranks" / "last" / "model.safetensors").is_file()
+
+
+def test_gain_confidence_equals_the_exact_bootstrap_probability():
+    """One query gains 0.1, one loses 0.05, 14 tie: a resample's mean gain is positive iff it draws the
+    winner more than half as often as the loser; the multinomial sum gives that probability exactly."""
+    from math import comb
+
+    from trainer.devset import gain_confidence
+
+    n = 16
+    baseline = [0.5] * n
+    candidate = [0.6, 0.45] + [0.5] * (n - 2)
+    exact = sum(comb(n, w) * comb(n - w, lo) * (n - 2) ** (n - w - lo) / n ** n
+                for w in range(n + 1) for lo in range(n - w + 1) if 2 * w > lo)
+    assert gain_confidence(baseline, candidate, resamples=20_000) == pytest.approx(exact, abs=0.015)
+    assert 0.3 < exact < 0.8  # a coin flip, not evidence: the case the rule exists for
+    assert gain_confidence(baseline, baseline) == 0.0
+    assert gain_confidence(baseline, [s + 0.01 for s in baseline]) == 1.0
+    with pytest.raises(ValueError, match="equal-length"):
+        gain_confidence(baseline, candidate[:3])
+
+
+@pytest.mark.parametrize("min_confidence, kept_step", [(0.0, 1), (0.95, 0)])
+def test_a_higher_dev_mean_from_one_lucky_query_is_not_trusted(tiny, data, tmp_path, monkeypatch, min_confidence,
+                                                               kept_step):
+    """Step 1 raises the mean by one query's luck; with a confidence bar it does not replace the baseline."""
+    lucky = [0.6, 0.45] + [0.5] * 14
+    _dev_scores(monkeypatch, [[0.5] * 16, lucky, [0.4] * 16])
+    report = train(_settings(tiny, data, tmp_path, chunk_size=None, max_steps=2, eval_steps=1,
+                             min_dev_confidence=min_confidence))
+    assert report.best_step == kept_step and report.baseline_kept == (kept_step == 0)
+    assert report.evaluations[1][1] > report.baseline and report.evaluations[1][2] < 0.95
+    kept = json.loads((tmp_path / "best" / "dramasearch_encoder.json").read_text()).get("training", {}).get("step", 0)
+    assert kept == kept_step
+    if kept_step == 0:
+        assert "step 1 scored higher" in report.summary() and "95% needed" in report.summary()
+        original, best = _weights(tiny), _weights(tmp_path / "best")
+        assert all(torch.equal(best[k], original[k]) for k in original)
+    else:
+        assert report.selection_note == ""

@@ -100,6 +100,9 @@ class AdaptSettings:
     dev_queries: int = 200  # held-out augmented queries for model selection
     dev_corpus_size: int = 1000  # the dev corpus: held-out documents, their negatives, then random others
     evaluations: int = 4  # dev evaluations after the baseline, evenly spaced
+    # a checkpoint must beat the starting model on this share of bootstrap resamples of the dev
+    # queries (a small dev set's higher mean can be one query's luck); 0 = any higher mean
+    min_dev_confidence: float = 0.95
     seed: int = 0
     show_progress: bool = True
 
@@ -135,6 +138,8 @@ class AdaptSettings:
         _positive("temperature", self.temperature)
         if self.margin_ratio is not None:
             _positive("margin_ratio", self.margin_ratio)
+        if not 0 <= self.min_dev_confidence < 1:
+            raise UsageError("min_dev_confidence", f"must be in [0, 1), got {self.min_dev_confidence}")
         if not 0 <= self.warmup_ratio < 1:
             raise UsageError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         if Path(self.work).resolve() == Path(self.output).resolve():
@@ -172,7 +177,8 @@ class AdaptReport:
     baseline: float | None = None  # dev nDCG@10 of the starting model
     best: float | None = None
     best_step: int | None = None
-    baseline_kept: bool = False  # training ended below (or at) the baseline: OUT holds the starting model
+    baseline_kept: bool = False  # no checkpoint beat the baseline (confidently): OUT holds the starting model
+    selection_note: str = ""  # why a checkpoint with a higher dev score was passed over, if one was
     refreshed_generation: int | None = None
 
     def summary(self) -> str:
@@ -188,6 +194,8 @@ class AdaptReport:
         ]
         if self.baseline is not None:
             lines.append(f"dev nDCG@10: baseline {self.baseline:.4f}, best {self.best:.4f} at step {self.best_step}")
+        if self.selection_note:
+            lines.append(self.selection_note)
         if self.baseline_kept:
             lines.append("training did not beat the starting model on the dev set: "
                          f"{self.output} holds the starting model (baseline kept)")
@@ -240,6 +248,7 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
     report.steps = trained.steps
     report.baseline, report.best, report.best_step = trained.baseline, trained.best_score, trained.best_step
     report.baseline_kept = trained.baseline_kept
+    report.selection_note = trained.selection_note
 
     with _timed(report, "export"):
         _export(settings, Path(trained.model_dir), trained, report)
@@ -467,7 +476,7 @@ def _train(settings: AdaptSettings, work: Path, device: str, report: AdaptReport
         temperature=settings.temperature, matryoshka_dims=tuple(settings.matryoshka_dims),
         max_length=settings.max_length, seed=settings.seed, save_steps=every, eval_steps=every,
         dev_corpus=str(dev / "corpus.jsonl"), dev_queries=str(dev / "queries.jsonl"), dev_qrels=str(dev / "qrels.tsv"),
-        device=device, show_progress=settings.show_progress,
+        min_dev_confidence=settings.min_dev_confidence, device=device, show_progress=settings.show_progress,
     )
     report.batch_size = train_settings.batch_size
     state, done = work / "train" / "checkpoint" / "state.json", work / "train" / "report.json"

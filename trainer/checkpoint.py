@@ -5,7 +5,7 @@ Layout of a checkpoint folder (replaced as a whole through `fsutil.atomic_dir`):
     model.safetensors   the backbone's weights
     optimizer.pt        optimizer state_dict (tensors and numbers only: torch.load(weights_only=True))
     scheduler.pt        learning-rate scheduler state_dict (same)
-    state.json          step, data position, losses, evaluations, settings
+    state.json          step, data position, losses, evaluations, baseline per-query dev scores, settings
 
 No random state is stored: the trainer reseeds torch from (seed, step, rank) at every step, so
 the step number alone fixes dropout, on any number of ranks.

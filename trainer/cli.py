@@ -54,6 +54,8 @@ def _floats(value: str | None) -> tuple[float, ...]:
 @click.option("--dev-queries", type=click.Path(exists=True), default=None)
 @click.option("--dev-qrels", type=click.Path(exists=True), default=None)
 @click.option("--eval-dim", type=int, default=None, help="Matryoshka dim for dev nDCG@10 (default: full).")
+@click.option("--min-dev-confidence", type=float, default=0.0, show_default=True,
+              help="A checkpoint replaces the starting model only if it beats it on this share of paired bootstrap resamples of the dev queries; 0: any higher dev nDCG@10.")
 @click.option("--device", default=None, help="Default: cuda (the rank's GPU under torchrun) when available, else cpu.")
 def train_cmd(train_data, output, matryoshka_dims, matryoshka_weights, max_grad_norm, **options) -> None:
     """Contrastive training on TRAIN_DATA (Tevatron jsonl); launch with torchrun for several GPUs."""
@@ -110,6 +112,8 @@ def export_cmd(model, out_dir, max_length) -> None:
 @click.option("--matryoshka-dims", default=None, help=DIMS_HELP)
 @click.option("--max-length", type=int, default=None, help="Max tokens per text in training and in the export (default: the model's).")
 @click.option("--dev-queries", type=int, default=200, show_default=True, help="Held-out augmented queries for model selection.")
+@click.option("--min-dev-confidence", type=float, default=0.95, show_default=True,
+              help="A checkpoint replaces the starting model only if it beats it on this share of paired bootstrap resamples of the dev queries; 0: any higher dev nDCG@10.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="Default: cuda when available, else cpu.")
 def adapt_cmd(corpus, matryoshka_dims, **options) -> None:

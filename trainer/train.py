@@ -41,7 +41,7 @@ from dramasearch.models import load_encoder
 
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .data import TrainingExample, read_examples
-from .devset import DevSet, evaluate_encoder
+from .devset import DevSet, gain_confidence, mean, per_query_ndcg10
 from .export import export_encoder
 from .gradcache import TokenizedBatch, contrastive_step
 from .losses import MatryoshkaInfoNCE
@@ -78,6 +78,9 @@ class TrainSettings:
     dev_queries: str | Path | None = None
     dev_qrels: str | Path | None = None
     eval_dim: int | None = None  # Matryoshka dim for dev nDCG@10; None = full
+    # A checkpoint replaces the baseline only if it beats it on at least this share of paired
+    # bootstrap resamples of the dev queries; 0 = any higher mean.
+    min_dev_confidence: float = 0.0
     device: str | None = None
     show_progress: bool = True
 
@@ -88,6 +91,8 @@ class TrainSettings:
             raise ValueError("batch_size, epochs, save_steps and eval_steps must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not 0.0 <= self.min_dev_confidence < 1.0:
+            raise ValueError(f"min_dev_confidence must be in [0, 1), got {self.min_dev_confidence}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         dev = (self.dev_corpus, self.dev_queries, self.dev_qrels)
@@ -108,8 +113,11 @@ class TrainReport:
     steps: int
     examples: int  # training examples read
     losses: list[float]  # one per step, from step 1
-    evaluations: list[tuple[int, float]] = field(default_factory=list)  # (step, dev nDCG@10); step 0 = baseline
+    # (step, dev nDCG@10, confidence of beating the baseline); step 0 = the baseline, confidence None
+    evaluations: list[tuple[int, float, float | None]] = field(default_factory=list)
     baseline: float | None = None
+    baseline_per_query: list[float] = field(default_factory=list)  # dev queries' nDCG@10 at step 0
+    min_dev_confidence: float = 0.0
     best_step: int | None = None
     best_score: float | None = None
     baseline_kept: bool = False  # no evaluation after training beat the zero-shot model: best/ is the baseline
@@ -125,8 +133,21 @@ class TrainReport:
             lines.append(f"dev nDCG@10: baseline {self.baseline:.4f}, best {self.best_score:.4f} at step {self.best_step}")
         if self.baseline_kept:
             lines.append("training did not beat the zero-shot baseline on the dev set: the exported model is the baseline")
+        if self.selection_note:
+            lines.append(self.selection_note)
         lines.append(f"model: {self.model_dir}")
         return "\n".join(lines)
+
+    @property
+    def selection_note(self) -> str:
+        """Why a checkpoint with a higher dev mean than the chosen one was passed over, if one was."""
+        passed_over = [e for e in self.evaluations
+                       if self.best_score is not None and e[1] > self.best_score and e[2] is not None]
+        if not passed_over:
+            return ""
+        step, score, confidence = max(passed_over, key=lambda e: e[1])
+        return (f"step {step} scored higher ({score:.4f}) but beat the baseline on only {confidence:.0%} of bootstrap "
+                f"resamples of the dev queries ({self.min_dev_confidence:.0%} needed), so it was not kept")
 
 
 def train(settings: TrainSettings) -> TrainReport:
@@ -155,13 +176,15 @@ def train(settings: TrainSettings) -> TrainReport:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(settings.warmup_steps, total_steps))
     autocast = _autocast(settings.precision, device)
 
-    report = TrainReport(steps=0, examples=len(examples), losses=[], repeated_negatives=repeated)
+    report = TrainReport(steps=0, examples=len(examples), losses=[], repeated_negatives=repeated,
+                         min_dev_confidence=settings.min_dev_confidence)
     if has_checkpoint(output / "checkpoint"):
         state = load_checkpoint(output / "checkpoint", model, optimizer, scheduler, device)
         _check_same_run(state["settings"], settings, output / "checkpoint")
         report.steps, report.resumed_from = state["step"], state["step"]
         report.losses = state["losses"]
         report.evaluations = [tuple(e) for e in state["evaluations"]]
+        report.baseline_per_query = state["baseline_per_query"]
         if report.evaluations:
             _recount_best(report)
     dev = DevSet.load(settings.dev_corpus, settings.dev_queries, settings.dev_qrels) if settings.has_dev and rank == 0 else None
@@ -254,26 +277,40 @@ def _batch(encoder: Encoder, examples, step: int, steps_per_epoch: int, settings
 
 
 def _evaluate(encoder: Encoder, dev: DevSet, settings: TrainSettings, report: TrainReport, output: Path, autocast) -> None:
-    """Score the current model; export it to best/ when it beats every earlier score (baseline included)."""
+    """Score the current model; export it to best/ when it beats every earlier eligible score
+    (baseline included) and beats the baseline with the confidence the settings ask for."""
     with autocast():
-        score = evaluate_encoder(encoder, dev, settings.eval_dim)
-    report.evaluations.append((report.steps, score))
-    if report.best_score is None or score > report.best_score:
+        per_query = per_query_ndcg10(encoder, dev, [settings.eval_dim])[settings.eval_dim]
+    score, confidence = mean(per_query), None
+    if report.steps == 0:
+        report.baseline_per_query = per_query.tolist()
+    elif report.baseline_per_query:
+        confidence = gain_confidence(report.baseline_per_query, per_query, seed=settings.seed)
+    report.evaluations.append((report.steps, score, confidence))
+    better = report.best_score is None or score > report.best_score
+    if better and _eligible(report.evaluations[-1], settings.min_dev_confidence):
         export_encoder(encoder, output / "best", extra={**_training_facts(settings, report.steps), "dev_ndcg@10": score})
     _recount_best(report)
-    tqdm.write(f"step {report.steps}: dev nDCG@10 {score:.4f}" + (" (baseline)" if report.steps == 0 else ""))
+    note = "" if confidence is None else f" (beats the baseline on {confidence:.0%} of bootstrap resamples)"
+    tqdm.write(f"step {report.steps}: dev nDCG@10 {score:.4f}" + (" (baseline)" if report.steps == 0 else note))
+
+
+def _eligible(evaluation: tuple[int, float, float | None], min_confidence: float) -> bool:
+    return evaluation[2] is None or evaluation[2] >= min_confidence
 
 
 def _recount_best(report: TrainReport) -> None:
     report.baseline = report.evaluations[0][1] if report.evaluations and report.evaluations[0][0] == 0 else None
-    report.best_step, report.best_score = max(report.evaluations, key=lambda e: (e[1], -e[0]))
+    eligible = [e for e in report.evaluations if _eligible(e, report.min_dev_confidence)]
+    report.best_step, report.best_score, _ = max(eligible, key=lambda e: (e[1], -e[0]))
     report.baseline_kept = report.baseline is not None and report.best_step == 0 and len(report.evaluations) > 1
 
 
 def _state(report: TrainReport, settings: TrainSettings, steps_per_epoch: int) -> dict[str, Any]:
     epoch, position = divmod(report.steps, steps_per_epoch)
     return {"step": report.steps, "data_position": {"epoch": epoch, "batch": position},
-            "losses": report.losses, "evaluations": report.evaluations, "settings": settings.to_dict()}
+            "losses": report.losses, "evaluations": report.evaluations, "baseline_per_query": report.baseline_per_query,
+            "settings": settings.to_dict()}
 
 
 def _check_same_run(saved: dict[str, Any], settings: TrainSettings, where: Path) -> None:
