@@ -61,7 +61,7 @@ def per_query_ndcg10(encoder: Encoder, dev: DevSet, dims: Sequence[int | None]) 
         queries = encoder.encode_queries(dev.query_texts)
     finally:
         encoder.model.train(was_training)
-    return {dim: _ndcg10(prepare(docs, dim, encoder.spec.normalize), prepare(queries, dim, encoder.spec.normalize), dev)
+    return {dim: _ndcg10_per_query(prepare(docs, dim, encoder.spec.normalize), prepare(queries, dim, encoder.spec.normalize), dev)
             for dim in dims}
 
 
@@ -87,7 +87,7 @@ def gain_confidence(baseline: Sequence[float], candidate: Sequence[float], seed:
     return wins / resamples
 
 
-def _ndcg10(docs: np.ndarray, queries: np.ndarray, dev: DevSet) -> np.ndarray:
+def _ndcg10_per_query(docs: np.ndarray, queries: np.ndarray, dev: DevSet) -> np.ndarray:
     index = faiss.IndexFlatIP(docs.shape[1])
     index.add(np.ascontiguousarray(docs, dtype=np.float32))
     scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(DEPTH, len(dev.doc_ids)))
