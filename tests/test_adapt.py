@@ -138,7 +138,8 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
     assert isinstance(result.exception, UsageError) and "batch_size" in str(result.exception)
     result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"), "--crops-per-passage", "0"])
     assert isinstance(result.exception, UsageError) and "--llm-queries" in str(result.exception)
-    result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"), "--min-dev-confidence", "1"])
+    result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"),
+                                            "--min-dev-confidence", "1"])
     assert isinstance(result.exception, UsageError) and "min_dev_confidence" in str(result.exception)
     assert not (tmp_path / "o.adapt-work").exists()
 

@@ -61,8 +61,8 @@ def per_query_ndcg10(encoder: Encoder, dev: DevSet, dims: Sequence[int | None]) 
         queries = encoder.encode_queries(dev.query_texts)
     finally:
         encoder.model.train(was_training)
-    return {dim: _ndcg10_per_query(prepare(docs, dim, encoder.spec.normalize), prepare(queries, dim, encoder.spec.normalize), dev)
-            for dim in dims}
+    norm = encoder.spec.normalize
+    return {dim: _ndcg10_per_query(prepare(docs, dim, norm), prepare(queries, dim, norm), dev) for dim in dims}
 
 
 def mean(scores: Sequence[float]) -> float:
