@@ -1,0 +1,72 @@
+"""Weight interpolation between the starting model and an adapted one, scored on dev and test.
+
+Why: small contrastive fine-tunes can hurt as often as they help, and averaging the fine-tuned
+weights with the starting ones (WiSE-FT, Wortsman et al. 2022) is a known way to keep most of a
+gain while giving back less where the fine-tune over-fits. This measures, from a finished
+`adapt` work folder, the candidates a selection rule could choose from: the start, train/best,
+train/last, and `(1 - a) * start + a * last` for each a. For each: dev nDCG@10 and its paired
+bootstrap confidence over the start (the number adapt's --min-dev-confidence bar reads), and the
+same on the collection's test queries, which adapt never sees.
+
+    python benchmarks/interpolate_adapted.py WORK_DIR --data ../shared/data/vaswani --out result.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from dramasearch.models import load_encoder
+from trainer.devset import DevSet, gain_confidence, mean, per_query_ndcg10
+
+
+def _interpolated(start, end: Path, alpha: float):
+    """The encoder in folder `end`, its weights replaced by (1 - alpha) * start + alpha * end."""
+    model = load_encoder(end, device="cpu")
+    start_state = start.model.state_dict()
+    with torch.no_grad():
+        for name, tensor in model.model.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.lerp(start_state[name], tensor, alpha))
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work_dir", type=Path, help="an adapt work folder (OUT.adapt-work)")
+    parser.add_argument("--data", type=Path, required=True, help="the BEIR collection adapt was run on")
+    parser.add_argument("--model", default="minilm", help="the starting model the run adapted")
+    parser.add_argument("--alphas", default="0.25,0.5,0.75")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    dev_dir = args.work_dir / "dev"
+    sets = {
+        "dev": DevSet.load(dev_dir / "corpus.jsonl", dev_dir / "queries.jsonl", dev_dir / "qrels.tsv"),
+        "test": DevSet.load(args.data / "corpus.jsonl", args.data / "queries.jsonl", args.data / "qrels" / "test.tsv"),
+    }
+    start = load_encoder(args.model, device="cpu")
+    last_dir = args.work_dir / "train" / "last"
+    candidates = {"start": start, "best": load_encoder(args.work_dir / "train" / "best", device="cpu"),
+                  "last": load_encoder(last_dir, device="cpu")}
+    for alpha in (float(a) for a in args.alphas.split(",")):
+        candidates[f"lerp{alpha:g}"] = _interpolated(start, last_dir, alpha)
+    scores, rows = {}, {}
+    for name, encoder in candidates.items():  # "start" first: every row is compared with it
+        scores[name] = {split: per_query_ndcg10(encoder, data, [None])[None] for split, data in sets.items()}
+        rows[name] = {split: {"nDCG@10": round(mean(per_query), 4),
+                              "confidence_over_start": gain_confidence(scores["start"][split], per_query)}
+                      for split, per_query in scores[name].items()}
+        print(name, json.dumps(rows[name]), flush=True)
+    report = json.loads((args.work_dir / "adapt-report.json").read_text())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "collection": args.data.name, "steps": report["steps"], "best_step": report["best_step"],
+        "baseline_kept": report["baseline_kept"], "dev_queries": len(sets["dev"].query_ids),
+        "test_queries": len(sets["test"].query_ids), "candidates": rows,
+    }, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
