@@ -5,8 +5,8 @@ weights with the starting ones (WiSE-FT, Wortsman et al. 2022) is a known way to
 gain while giving back less where the fine-tune over-fits. This measures, from a finished
 `adapt` work folder, the candidates a selection rule could choose from: the start, train/best,
 train/last, and `(1 - a) * start + a * last` for each a. For each: dev nDCG@10 and its paired
-bootstrap confidence over the start (the number adapt's --min-dev-confidence bar reads), and the
-same on the collection's test queries, which adapt never sees.
+bootstrap confidence over the start (the number adapt's --min-dev-confidence bar reads) with
+wins/losses/ties, and the same on the collection's test queries, which adapt never sees.
 
     python benchmarks/interpolate_adapted.py WORK_DIR --data ../shared/data/vaswani --out result.json
 """
@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+from bench_smollm2_retriever import load_dev
+from dev_confidence import compared, work_dev_set
 from dramasearch.models import load_encoder
-from trainer.devset import DevSet, gain_confidence, mean, per_query_ndcg10
+from trainer.devset import per_query_ndcg10
 
 
 def _interpolated(start, end: Path, alpha: float):
@@ -41,25 +43,24 @@ def main() -> None:
     parser.add_argument("--alphas", default="0.25,0.5,0.75")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    dev_dir = args.work_dir / "dev"
-    sets = {
-        "dev": DevSet.load(dev_dir / "corpus.jsonl", dev_dir / "queries.jsonl", dev_dir / "qrels.tsv"),
-        "test": DevSet.load(args.data / "corpus.jsonl", args.data / "queries.jsonl", args.data / "qrels" / "test.tsv"),
-    }
+    report = json.loads((args.work_dir / "adapt-report.json").read_text())
+    sets = {"dev": work_dev_set(args.work_dir), "test": load_dev(args.data)}
     start = load_encoder(args.model, device="cpu")
     last_dir = args.work_dir / "train" / "last"
-    candidates = {"start": start, "best": load_encoder(args.work_dir / "train" / "best", device="cpu"),
-                  "last": load_encoder(last_dir, device="cpu")}
+    candidates = {"start": start, "last": load_encoder(last_dir, device="cpu")}
+    # train/best is a copy of the start or of last unless an earlier step won: encode it only then
+    best_is = "start" if report["baseline_kept"] else "last" if report["best_step"] == report["steps"] else None
+    if best_is is None:
+        candidates["best"] = load_encoder(args.work_dir / "train" / "best", device="cpu")
     for alpha in (float(a) for a in args.alphas.split(",")):
         candidates[f"lerp{alpha:g}"] = _interpolated(start, last_dir, alpha)
     scores, rows = {}, {}
     for name, encoder in candidates.items():  # "start" first: every row is compared with it
         scores[name] = {split: per_query_ndcg10(encoder, data, [None])[None] for split, data in sets.items()}
-        rows[name] = {split: {"nDCG@10": round(mean(per_query), 4),
-                              "confidence_over_start": gain_confidence(scores["start"][split], per_query)}
-                      for split, per_query in scores[name].items()}
+        rows[name] = {split: compared(scores["start"][split], per_query) for split, per_query in scores[name].items()}
         print(name, json.dumps(rows[name]), flush=True)
-    report = json.loads((args.work_dir / "adapt-report.json").read_text())
+    if best_is is not None:
+        rows["best"] = rows[best_is]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "collection": args.data.name, "steps": report["steps"], "best_step": report["best_step"],
