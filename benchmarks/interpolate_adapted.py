@@ -20,6 +20,7 @@ import torch
 
 from bench_smollm2_retriever import load_dev
 from dev_confidence import compared, work_dev_set
+from dramasearch.fsutil import atomic_write_bytes
 from dramasearch.models import load_encoder
 from trainer.devset import per_query_ndcg10
 
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--alphas", default="0.25,0.5,0.75")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if not (args.work_dir / "adapt-report.json").is_file():
+        parser.error(f"{args.work_dir}: no adapt-report.json; give the work folder of a finished adapt run")
     report = json.loads((args.work_dir / "adapt-report.json").read_text())
     sets = {"dev": work_dev_set(args.work_dir), "test": load_dev(args.data)}
     start = load_encoder(args.model, device="cpu")
@@ -62,11 +65,11 @@ def main() -> None:
     if best_is is not None:
         rows["best"] = rows[best_is]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    atomic_write_bytes(args.out, (json.dumps({
         "collection": args.data.name, "steps": report["steps"], "best_step": report["best_step"],
         "baseline_kept": report["baseline_kept"], "dev_queries": len(sets["dev"].query_ids),
         "test_queries": len(sets["test"].query_ids), "candidates": rows,
-    }, indent=1) + "\n")
+    }, indent=1) + "\n").encode())
 
 
 if __name__ == "__main__":
