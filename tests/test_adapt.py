@@ -18,7 +18,7 @@ from dramasearch.index.build import BuildSettings, build_index
 from dramasearch.index.generation import IndexDir
 from dramasearch.models import load_encoder
 from dramasearch.searcher import Searcher
-from trainer.adapt import MAX_CROPS, AdaptSettings, adapt, crops_per_passage, negative_window
+from trainer.adapt import MAX_CROPS, AdaptSettings, adapt, crops_per_passage, mix_plan, negative_window
 from trainer.export import export_encoder, load_encoder as load_export
 from trainer.losses import MatryoshkaInfoNCE
 
@@ -225,3 +225,42 @@ def test_training_scores_a_model_without_normalize_by_dot_product(tmp_path):
     expected = MatryoshkaInfoNCE(1.0, normalize=False)(queries, passages).item()
     assert report.losses[0] == pytest.approx(expected, abs=1e-4)
     assert abs(MatryoshkaInfoNCE(1.0)(queries, passages).item() - expected) > 0.1  # cosine would differ
+
+
+def test_mix_plan_takes_every_llm_query_when_the_sources_overflow():
+    assert mix_plan({"crop": 3070, "llm": 182}, 1400) == {"crop": 1218, "llm": 182}  # Vaswani, §13.6
+    assert mix_plan({"crop": 1009, "llm": 161}, 1400) == {"crop": 1009, "llm": 161}  # Cranfield: all fit
+    assert mix_plan({"crop": 3070}, 1400) == {"crop": 3070}  # crops alone: the split takes the first 1,400
+    assert mix_plan({"crop": 3070, "llm": 0}, 1400) == {"crop": 3070, "llm": 0}
+    assert mix_plan({"crop": 50, "llm": 2000}, 1400) == {"crop": 0, "llm": 1400}
+
+
+def test_an_overflowing_mix_trains_on_every_llm_query_outside_the_dev_set(tmp_path):
+    """_mix_and_split with mix_plan: 60 crops and 10 LLM queries over a budget of 20 + 4 dev queries."""
+    from types import SimpleNamespace
+
+    from trainer.adapt import AdaptReport, _mix_and_split
+    from trainer.augment.retrieval import DenseCorpus
+    from trainer.data import Passage, TrainingExample, read_examples, write_examples
+
+    passages = [Passage(f"d{i}", "", f"document {i}") for i in range(60)]
+    negative = [passages[59]]
+    write_examples(tmp_path / "mined-crop.jsonl", [TrainingExample(f"c{i}", f"crop {i}", [p], negative)
+                                                   for i, p in enumerate(passages)])
+    write_examples(tmp_path / "mined-llm.jsonl", [TrainingExample(f"l{i}", f"question {i}", [passages[i]], negative)
+                                                  for i in range(10)])
+    side = SimpleNamespace(dense=lambda: DenseCorpus(passages, np.zeros((60, 2), dtype=np.float32)))
+    settings = AdaptSettings(corpus="c", model="m", output=str(tmp_path / "out"), dev_queries=4, dev_corpus_size=10)
+    mined = {"crop": tmp_path / "mined-crop.jsonl", "llm": tmp_path / "mined-llm.jsonl"}
+    counts = _mix_and_split(settings, side, mined, tmp_path, 20, AdaptReport("out", str(tmp_path), "cpu"))
+
+    mix = [e.query_id for e in read_examples(tmp_path / "mix.jsonl")]
+    assert len(mix) == 24 and sum(q.startswith("llm:") for q in mix) == 10
+    dev = {json.loads(line)["_id"] for line in (tmp_path / "dev" / "queries.jsonl").read_text().splitlines()}
+    dev_docs = {e.positives[0].docid for e in read_examples(tmp_path / "mix.jsonl") if e.query_id in dev}
+    train = list(read_examples(tmp_path / "train.jsonl"))
+    llm_outside_dev = {e.query_id for e in read_examples(tmp_path / "mix.jsonl")
+                       if e.query_id.startswith("llm:") and e.positives[0].docid not in dev_docs}
+    assert llm_outside_dev <= {e.query_id for e in train}
+    assert counts["dev"] == 4 and counts["train"] == len(train) == sum(1 for q in mix if q not in dev) - sum(
+        1 for e in read_examples(tmp_path / "mix.jsonl") if e.query_id not in dev and e.positives[0].docid in dev_docs)
