@@ -9,7 +9,8 @@ The whole DRAMA-style loop, composed from the trainer's parts (nothing here re-i
               queries (queries.py, round-trip filtered)
     3 mine    hard negatives from a rank window of the index's own vectors, with the relative-margin
               filter against false negatives (mining.py)
-    4 mix     the sources mixed (mix.py), then split: a dev set carved from the augmented data
+    4 mix     the sources mixed (mix.py; every LLM query when the sources overflow the cap, see
+              mix_plan), then split: a dev set carved from the augmented data
               (held-out queries, their documents held out of training), the rest for training.
               The collection's own queries and qrels are never read.
     5 train   InfoNCE + Matryoshka (train.py) with the zero-shot baseline measured first on that dev
