@@ -79,7 +79,7 @@ def test_adapt_exports_a_loadable_model_and_refreshes_the_index(adapted, minilm)
     assert dev_docs and not dev_docs & train_docs
 
     exported = load_encoder(settings.output, device="cpu", dtype=torch.float32)
-    np.testing.assert_allclose(exported.encode_queries(TEXTS), load_export(settings.output).encode_queries(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(exported.encode_queries(TEXTS), load_export(settings.output, device="cpu", dtype=torch.float32).encode_queries(TEXTS), atol=1e-6)
     meta = json.loads(Path(settings.output, "dramasearch_encoder.json").read_text())
     assert meta["adapt"]["baseline_kept"] == report.baseline_kept
     assert meta["adapt"]["baseline_dev_ndcg@10"] == report.baseline
