@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from dramasearch.index.build import BuildSettings, build_index
 from dramasearch.index.refresh import refresh
@@ -81,7 +82,7 @@ def test_concurrent_hits_equal_searcher_and_share_batches(service, index):
 
     singles, funnel, batch = asyncio.run(run())
     after = service.batcher.counters()
-    with Searcher(index) as ref, Searcher(index, dim=128) as ref128:
+    with Searcher(index, dtype=torch.float32) as ref, Searcher(index, dim=128, dtype=torch.float32) as ref128:  # as the service
         for q, r in zip(QUERIES, singles):
             assert r.status_code == 200, r.text
             expected = ref.search(q, 5)
