@@ -79,7 +79,8 @@ def test_adapt_exports_a_loadable_model_and_refreshes_the_index(adapted, minilm)
     assert dev_docs and not dev_docs & train_docs
 
     exported = load_encoder(settings.output, device="cpu", dtype=torch.float32)
-    np.testing.assert_allclose(exported.encode_queries(TEXTS), load_export(settings.output, device="cpu", dtype=torch.float32).encode_queries(TEXTS), atol=1e-6)
+    reloaded = load_export(settings.output, device="cpu", dtype=torch.float32)
+    np.testing.assert_allclose(exported.encode_queries(TEXTS), reloaded.encode_queries(TEXTS), atol=1e-6)
     meta = json.loads(Path(settings.output, "dramasearch_encoder.json").read_text())
     assert meta["adapt"]["baseline_kept"] == report.baseline_kept
     assert meta["adapt"]["baseline_dev_ndcg@10"] == report.baseline
@@ -254,13 +255,11 @@ def test_an_overflowing_mix_trains_on_every_llm_query_outside_the_dev_set(tmp_pa
     mined = {"crop": tmp_path / "mined-crop.jsonl", "llm": tmp_path / "mined-llm.jsonl"}
     counts = _mix_and_split(settings, side, mined, tmp_path, 20, AdaptReport("out", str(tmp_path), "cpu"))
 
-    mix = [e.query_id for e in read_examples(tmp_path / "mix.jsonl")]
-    assert len(mix) == 24 and sum(q.startswith("llm:") for q in mix) == 10
+    mix = list(read_examples(tmp_path / "mix.jsonl"))
+    assert len(mix) == 24 and sum(e.query_id.startswith("llm:") for e in mix) == 10
     dev = {json.loads(line)["_id"] for line in (tmp_path / "dev" / "queries.jsonl").read_text().splitlines()}
-    dev_docs = {e.positives[0].docid for e in read_examples(tmp_path / "mix.jsonl") if e.query_id in dev}
-    train = list(read_examples(tmp_path / "train.jsonl"))
-    llm_outside_dev = {e.query_id for e in read_examples(tmp_path / "mix.jsonl")
-                       if e.query_id.startswith("llm:") and e.positives[0].docid not in dev_docs}
-    assert llm_outside_dev <= {e.query_id for e in train}
-    assert counts["dev"] == 4 and counts["train"] == len(train) == sum(1 for q in mix if q not in dev) - sum(
-        1 for e in read_examples(tmp_path / "mix.jsonl") if e.query_id not in dev and e.positives[0].docid in dev_docs)
+    dev_docs = {e.positives[0].docid for e in mix if e.query_id in dev}
+    outside_dev = [e.query_id for e in mix if e.query_id not in dev and e.positives[0].docid not in dev_docs]
+    train = [e.query_id for e in read_examples(tmp_path / "train.jsonl")]
+    assert {q for q in outside_dev if q.startswith("llm:")} <= set(train)
+    assert counts["dev"] == 4 and counts["train"] == len(train) == len(outside_dev)

@@ -82,7 +82,8 @@ def test_concurrent_hits_equal_searcher_and_share_batches(service, index):
 
     singles, funnel, batch = asyncio.run(run())
     after = service.batcher.counters()
-    with Searcher(index, dtype=torch.float32) as ref, Searcher(index, dim=128, dtype=torch.float32) as ref128:  # as the service
+    fp32 = torch.float32  # the service's precision: auto is bf16 on a native-bf16 CPU
+    with Searcher(index, dtype=fp32) as ref, Searcher(index, dim=128, dtype=fp32) as ref128:
         for q, r in zip(QUERIES, singles):
             assert r.status_code == 200, r.text
             expected = ref.search(q, 5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from ..data import TrainingExample, read_examples, write_examples
@@ -34,8 +35,9 @@ def mix_counts(sizes: list[int], ratios: list[float], total: int | None = None) 
     if any(r < 0 for r in ratios) or sum(ratios) <= 0:
         raise ValueError(f"ratios must be >= 0 and not all 0, got {ratios}")
     shares = [r / sum(ratios) for r in ratios]
-    if total is None:
-        total = int(min(size / share for size, share in zip(sizes, shares) if share > 0))
+    if total is None:  # exact (Fraction): in floats, size / share can fall just below a whole number
+        ratio_sum = sum(Fraction(r) for r in ratios)
+        total = min(size * ratio_sum // Fraction(r) for size, r in zip(sizes, ratios) if r > 0)
     exact = [share * total for share in shares]
     counts = [int(x) for x in exact]
     by_remainder = sorted(range(len(exact)), key=lambda i: (-(exact[i] - counts[i]), i))
