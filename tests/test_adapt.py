@@ -157,20 +157,14 @@ def test_loss_scores_dot_products_for_models_without_normalize():
     normalize=True still equals MatryoshkaLoss(MNRL with cos_sim)."""
     from sentence_transformers import util
     from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
-
-    class Precomputed(torch.nn.Module):
-        def forward(self, features):
-            return {"sentence_embedding": features["emb"]}
-
-        def get_embedding_dimension(self) -> int:
-            return 16
+    from trainer_helpers import precomputed_sentence_transformer
 
     g = torch.Generator().manual_seed(0)
     queries = 3 * torch.randn(4, 16, generator=g, dtype=torch.float64)  # norms far from 1: the two similarities differ
     columns = [3 * torch.randn(4, 16, generator=g, dtype=torch.float64) for _ in range(3)]
     grouped = torch.stack(columns, dim=1).reshape(-1, 16)
     dims, weights, temperature = (16, 8), (1.0, 0.5), 5.0
-    model = Precomputed()
+    model = precomputed_sentence_transformer(16)
 
     def mnrl(similarity):
         return MultipleNegativesRankingLoss(model, scale=1 / temperature, similarity_fct=similarity)

@@ -10,19 +10,10 @@ import pytest
 import torch
 
 from trainer.losses import MatryoshkaInfoNCE, info_nce
+from trainer_helpers import precomputed_sentence_transformer
 
 B, NEG, D = 4, 3, 16
 DIMS, WEIGHTS, TEMPERATURE = (16, 8, 4), (1.0, 0.5, 0.25), 0.05
-
-
-class Precomputed(torch.nn.Module):
-    """A 'SentenceTransformer' whose embedding of a column is the tensor in its features."""
-
-    def forward(self, features):
-        return {"sentence_embedding": features["emb"]}
-
-    def get_embedding_dimension(self) -> int:
-        return D
 
 
 def _embeddings(seed: int = 0):
@@ -40,7 +31,7 @@ def _grouped(columns):
 def _reference(queries, columns, dims, weights):
     from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
-    model = Precomputed()
+    model = precomputed_sentence_transformer(D)
     loss = MatryoshkaLoss(model, MultipleNegativesRankingLoss(model, scale=1 / TEMPERATURE), list(dims), list(weights))
     return loss([{"emb": queries}, *({"emb": c} for c in columns)], labels=None)
 
@@ -64,7 +55,7 @@ def test_no_dims_is_plain_info_nce_equal_to_multiple_negatives_ranking():
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     q, cols = _embeddings(1)
-    expected = MultipleNegativesRankingLoss(Precomputed(), scale=1 / TEMPERATURE)(
+    expected = MultipleNegativesRankingLoss(precomputed_sentence_transformer(D), scale=1 / TEMPERATURE)(
         [{"emb": q}, *({"emb": c} for c in cols)], labels=None)
     assert abs(MatryoshkaInfoNCE(TEMPERATURE)(q, _grouped(cols)).item() - expected.item()) < 1e-10
 

@@ -78,3 +78,24 @@ def write_dev_set(folder: Path) -> tuple[Path, Path, Path]:
                 for j in range(len(TOPICS[topic])):
                     f.write(f"{topic}{i}\t{topic}-{j}\t1\n")
     return folder / "corpus.jsonl", folder / "queries.jsonl", folder / "qrels.tsv"
+
+
+class _EmbeddingColumn(torch.nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, features):
+        return {**features, "sentence_embedding": features["emb"]}
+
+    def get_embedding_dimension(self) -> int:
+        return self.dim
+
+
+def precomputed_sentence_transformer(dim: int):
+    """A SentenceTransformer whose embedding of a column is the tensor in its features ({"emb": ...}),
+    so its losses can be fed our embeddings. Built through the public constructor: a bare module
+    standing in for the model broke when sentence-transformers 6.3 began calling private methods."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(modules=[_EmbeddingColumn(dim)], device="cpu")
