@@ -4,7 +4,8 @@ Why: small contrastive fine-tunes can hurt as often as they help, and averaging 
 weights with the starting ones (WiSE-FT, Wortsman et al. 2022) is a known way to keep most of a
 gain while giving back less where the fine-tune over-fits. This measures, from a finished
 `adapt` work folder, the candidates a selection rule could choose from: the start, train/best,
-train/last, and `(1 - a) * start + a * last` for each a. For each: dev nDCG@10 and its paired
+train/last, `(1 - a) * start + a * last` for each a, and `(1 - a) * start + a * best` when an
+earlier step than the last won. For each: dev nDCG@10 and its paired
 bootstrap confidence over the start (the number adapt's --min-dev-confidence bar reads) with
 wins/losses/ties, and the same on the collection's test queries, which adapt never sees.
 
@@ -57,6 +58,8 @@ def main() -> None:
         candidates["best"] = load_encoder(args.work_dir / "train" / "best", device="cpu")
     for alpha in (float(a) for a in args.alphas.split(",")):
         candidates[f"lerp{alpha:g}"] = _interpolated(start, last_dir, alpha)
+        if best_is is None:
+            candidates[f"best-lerp{alpha:g}"] = _interpolated(start, args.work_dir / "train" / "best", alpha)
     scores, rows = {}, {}
     for name, encoder in candidates.items():  # "start" first: every row is compared with it
         scores[name] = {split: per_query_ndcg10(encoder, data, [None])[None] for split, data in sets.items()}
