@@ -21,20 +21,19 @@ import torch
 
 from bench_smollm2_retriever import load_dev
 from dev_confidence import compared, work_dev_set
+from dramasearch.encoder import Encoder, default_dtype
 from dramasearch.fsutil import atomic_write_bytes
 from dramasearch.models import load_encoder
+from trainer.average import average_with_start
 from trainer.devset import per_query_ndcg10
 
 
-def _interpolated(start, end: Path, alpha: float):
-    """The encoder in folder `end`, its weights replaced by (1 - alpha) * start + alpha * end."""
-    model = load_encoder(end, device="cpu")
-    start_state = start.model.state_dict()
-    with torch.no_grad():
-        for name, tensor in model.model.state_dict().items():
-            if tensor.is_floating_point():
-                tensor.copy_(torch.lerp(start_state[name], tensor, alpha))
-    return model
+def _interpolated(start_fp32, end: Path, alpha: float) -> Encoder:
+    """The encoder in folder `end`, its weights replaced by (1 - alpha) * start + alpha * end, averaged
+    in fp32 as adapt's export does (bf16 weights are too coarse for a fine-tune's small steps), then
+    cast to the precision every other candidate is scored at."""
+    averaged = average_with_start(start_fp32, load_encoder(end, device="cpu", dtype=torch.float32), alpha)
+    return Encoder(averaged.model, averaged.tokenizer, averaged.spec, "cpu", default_dtype("cpu"))
 
 
 def main() -> None:
@@ -56,10 +55,11 @@ def main() -> None:
     best_is = "start" if report["baseline_kept"] else "last" if report["best_step"] == report["steps"] else None
     if best_is is None:
         candidates["best"] = load_encoder(args.work_dir / "train" / "best", device="cpu")
+    start_fp32 = load_encoder(args.model, device="cpu", dtype=torch.float32)
     for alpha in (float(a) for a in args.alphas.split(",")):
-        candidates[f"lerp{alpha:g}"] = _interpolated(start, last_dir, alpha)
+        candidates[f"lerp{alpha:g}"] = _interpolated(start_fp32, last_dir, alpha)
         if best_is is None:
-            candidates[f"best-lerp{alpha:g}"] = _interpolated(start, args.work_dir / "train" / "best", alpha)
+            candidates[f"best-lerp{alpha:g}"] = _interpolated(start_fp32, args.work_dir / "train" / "best", alpha)
     scores, rows = {}, {}
     for name, encoder in candidates.items():  # "start" first: every row is compared with it
         scores[name] = {split: per_query_ndcg10(encoder, data, [None])[None] for split, data in sets.items()}
