@@ -4,6 +4,7 @@ fixes that came with it: the loss scores with the model's own similarity, and an
 max length is honoured by dramasearch's loader."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +19,7 @@ from dramasearch.index.build import BuildSettings, build_index
 from dramasearch.index.generation import IndexDir
 from dramasearch.models import load_encoder
 from dramasearch.searcher import Searcher
-from trainer.adapt import MAX_CROPS, AdaptSettings, adapt, crops_per_passage, mix_plan, negative_window
+from trainer.adapt import MAX_CROPS, AdaptReport, AdaptSettings, adapt, crops_per_passage, mix_plan, negative_window
 from trainer.export import export_encoder, load_encoder as load_export
 from trainer.losses import MatryoshkaInfoNCE
 
@@ -257,3 +258,77 @@ def test_an_overflowing_mix_trains_on_every_llm_query_outside_the_dev_set(tmp_pa
     train = [e.query_id for e in read_examples(tmp_path / "train.jsonl")]
     assert {q for q in outside_dev if q.startswith("llm:")} <= set(train)
     assert counts["dev"] == 4 and counts["train"] == len(train) == len(outside_dev)
+
+
+def _trained(model_dir: Path, baseline_kept: bool, baseline_per_query: list[float]):
+    """What adapt's export reads of a TrainReport: which checkpoint won and the baseline's dev scores."""
+    from trainer.train import TrainReport
+
+    return TrainReport(steps=3, examples=8, losses=[1.0] * 3, baseline=0.5, baseline_per_query=baseline_per_query,
+                       best_step=0 if baseline_kept else 3, best_score=0.5 if baseline_kept else 0.6,
+                       baseline_kept=baseline_kept, model_dir=str(model_dir))
+
+
+def test_export_averages_the_chosen_checkpoint_with_the_start(tmp_path, minilm):
+    """fine_tuned_weight < 1: OUT's weights are the halfway point of start and checkpoint (checked
+    weight by weight against the two state dicts), its dev score is measured as served, a rerun
+    reuses the export, another weight re-exports, and a kept baseline is never averaged."""
+    from trainer_helpers import write_dev_set
+    from trainer.adapt import _export
+    from trainer.devset import DevSet, mean, per_query_ndcg10
+
+    work = tmp_path / "work"
+    write_dev_set(work / "dev")
+    tuned = load_encoder("minilm", device="cpu", dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in tuned.model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=generator))
+    checkpoint = export_encoder(tuned, work / "train" / "best", extra={"training": {"step": 3}})
+    settings = AdaptSettings(corpus=TINY, model="minilm", output=str(tmp_path / "out"), work_dir=str(work),
+                             fine_tuned_weight=0.5)
+    dev = DevSet.load(work / "dev" / "corpus.jsonl", work / "dev" / "queries.jsonl", work / "dev" / "qrels.tsv")
+    baseline = per_query_ndcg10(minilm, dev, [None])[None].tolist()
+    report = AdaptReport(output=settings.output, work_dir=str(work), device="cpu", best_step=3)
+    _export(settings, checkpoint, _trained(checkpoint, False, baseline), report)
+
+    out = load_export(settings.output, device="cpu", dtype=torch.float32).model.state_dict()
+    start, end = minilm.model.state_dict(), tuned.model.state_dict()
+    for name, value in out.items():
+        torch.testing.assert_close(value, (start[name] + end[name]) / 2, rtol=0, atol=1e-7)
+    meta = json.loads(Path(settings.output, "dramasearch_encoder.json").read_text())
+    assert meta["adapt"]["fine_tuned_weight"] == 0.5 and meta["training"] == {"step": 3}
+    served = per_query_ndcg10(load_encoder(settings.output, device="cpu"), dev, [None])[None]
+    assert report.fine_tuned_weight == 0.5 and report.exported_dev == pytest.approx(mean(served))
+    assert 0 <= report.exported_dev_confidence <= 1
+    assert "0.5 x the starting model + 0.5 x step 3" in report.summary()
+
+    again = AdaptReport(output=settings.output, work_dir=str(work), device="cpu")
+    _export(settings, checkpoint, _trained(checkpoint, False, baseline), again)
+    assert again.skipped == ["export"] and again.exported_dev == report.exported_dev
+
+    quarter = dataclasses.replace(settings, fine_tuned_weight=0.25)
+    _export(quarter, checkpoint, _trained(checkpoint, False, baseline), AdaptReport(settings.output, str(work), "cpu"))
+    out = load_export(settings.output, device="cpu", dtype=torch.float32).model.state_dict()
+    name = "encoder.layer.0.attention.self.query.weight"
+    torch.testing.assert_close(out[name], 0.75 * start[name] + 0.25 * end[name], rtol=0, atol=1e-7)
+
+    start_export = export_encoder(minilm, work / "train" / "start")  # best/ holds the start when it was kept
+    kept = AdaptReport(output=settings.output, work_dir=str(work), device="cpu")
+    _export(settings, start_export, _trained(start_export, True, baseline), kept)
+    assert kept.fine_tuned_weight is None and kept.exported_dev is None
+    np.testing.assert_array_equal(load_encoder(settings.output, device="cpu", dtype=torch.float32).encode_documents(TEXTS),
+                                  minilm.encode_documents(TEXTS))
+
+
+def test_fine_tuned_weight_must_be_in_the_unit_interval(tmp_path):
+    from trainer.cli import adapt_cmd
+
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(UsageError, match="fine_tuned_weight"):
+            AdaptSettings(corpus=TINY, model="minilm", output=str(tmp_path / "o"), fine_tuned_weight=bad).check()
+    result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"),
+                                            "--fine-tuned-weight", "-0.5"])
+    assert isinstance(result.exception, UsageError) and "fine_tuned_weight" in str(result.exception)
+    assert [p.default for p in adapt_cmd.params if p.name == "fine_tuned_weight"] == [AdaptSettings.fine_tuned_weight]
+    assert not (tmp_path / "o.adapt-work").exists()

@@ -104,6 +104,8 @@ class AdaptSettings:
     # a checkpoint must beat the starting model on this share of bootstrap resamples of the dev
     # queries (a small dev set's higher mean can be one query's luck); 0 = any higher mean
     min_dev_confidence: float = 0.95
+    # the export is (1 - w) * start + w * chosen checkpoint (WiSE-FT, trainer/average.py); 1: the checkpoint
+    fine_tuned_weight: float = 1.0
     seed: int = 0
     show_progress: bool = True
 
@@ -139,6 +141,9 @@ class AdaptSettings:
         _positive("temperature", self.temperature)
         if self.margin_ratio is not None:
             _positive("margin_ratio", self.margin_ratio)
+        if isinstance(self.fine_tuned_weight, bool) or not isinstance(self.fine_tuned_weight, (int, float)) \
+                or not 0 < self.fine_tuned_weight <= 1:
+            raise UsageError("fine_tuned_weight", f"must be in (0, 1], got {self.fine_tuned_weight!r:.40}")
         if not 0 <= self.min_dev_confidence < 1:
             raise UsageError("min_dev_confidence", f"must be in [0, 1), got {self.min_dev_confidence}")
         if not 0 <= self.warmup_ratio < 1:
@@ -179,6 +184,9 @@ class AdaptReport:
     best: float | None = None
     best_step: int | None = None
     baseline_kept: bool = False  # no checkpoint beat the baseline (confidently): OUT holds the starting model
+    fine_tuned_weight: float | None = None  # when OUT averages the chosen checkpoint with the start
+    exported_dev: float | None = None  # dev nDCG@10 of that average
+    exported_dev_confidence: float | None = None  # its share of bootstrap resamples beating the baseline
     selection_note: str = ""  # why a checkpoint with a higher dev score was passed over, if one was
     refreshed_generation: int | None = None
 
@@ -197,6 +205,10 @@ class AdaptReport:
             lines.append(f"dev nDCG@10: baseline {self.baseline:.4f}, best {self.best:.4f} at step {self.best_step}")
         if self.selection_note:
             lines.append(self.selection_note)
+        if self.fine_tuned_weight is not None:
+            lines.append(f"exported: {1 - self.fine_tuned_weight:g} x the starting model + {self.fine_tuned_weight:g} x "
+                         f"step {self.best_step}, dev nDCG@10 {self.exported_dev:.4f} (beats the baseline on "
+                         f"{self.exported_dev_confidence:.0%} of bootstrap resamples)")
         if self.baseline_kept:
             lines.append("training did not beat the starting model on the dev set: "
                          f"{self.output} holds the starting model (baseline kept)")
@@ -509,21 +521,40 @@ def _train(settings: AdaptSettings, work: Path, device: str, report: AdaptReport
 
 
 def _export(settings: AdaptSettings, model_dir: Path, trained, report: AdaptReport) -> None:
+    """OUT: the chosen checkpoint, or its average with the start in fp32 (fine_tuned_weight < 1),
+    which is then scored on the dev set as served, against the same baseline; the starting model
+    when the baseline was kept."""
     import torch
 
+    from dramasearch.models import load_encoder as load_start
+
+    from .average import average_with_start
     from .export import METADATA_FILE, export_encoder, load_encoder
 
     out = Path(settings.output)
+    weight = None if trained.baseline_kept or settings.fine_tuned_weight == 1 else settings.fine_tuned_weight
     facts = {"source_model": settings.model, "train_step": trained.best_step, "baseline_kept": trained.baseline_kept,
              "dev_ndcg@10": trained.best_score, "baseline_dev_ndcg@10": trained.baseline,
-             "work_dir": str(settings.work.resolve())}
+             "fine_tuned_weight": weight, "work_dir": str(settings.work.resolve())}
+    report.fine_tuned_weight = weight
     meta_path = out / METADATA_FILE
     if meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")).get("adapt") == facts:
         report.skipped.append("export")
-        return
-    trained_meta = json.loads((model_dir / METADATA_FILE).read_text(encoding="utf-8"))
-    encoder = load_encoder(model_dir, device="cpu", dtype=torch.float32)
-    export_encoder(encoder, out, extra={"training": trained_meta.get("training"), "adapt": facts})
+    else:
+        trained_meta = json.loads((model_dir / METADATA_FILE).read_text(encoding="utf-8"))
+        encoder = load_encoder(model_dir, device="cpu", dtype=torch.float32)
+        if weight is not None:
+            encoder = average_with_start(load_start(settings.model, device="cpu", dtype=torch.float32), encoder, weight)
+        export_encoder(encoder, out, extra={"training": trained_meta.get("training"), "adapt": facts})
+    if weight is not None:  # one dev pass (seconds); a rerun repeats it rather than trusting a stale file
+        from .devset import DevSet, gain_confidence, mean, per_query_ndcg10
+
+        dev = settings.work / "dev"
+        per_query = per_query_ndcg10(load_encoder(out, device=report.device),
+                                     DevSet.load(dev / "corpus.jsonl", dev / "queries.jsonl", dev / "qrels.tsv"),
+                                     [None])[None]
+        report.exported_dev = mean(per_query)
+        report.exported_dev_confidence = gain_confidence(trained.baseline_per_query, per_query, seed=settings.seed)
 
 
 def _refresh(settings: AdaptSettings, corpus: str, trained, report: AdaptReport) -> int:

@@ -114,6 +114,9 @@ def export_cmd(model, out_dir, max_length) -> None:
 @click.option("--dev-queries", type=int, default=200, show_default=True, help="Held-out augmented queries for model selection.")
 @click.option("--min-dev-confidence", type=float, default=0.95, show_default=True,
               help="A checkpoint replaces the starting model only if it beats it on this share of paired bootstrap resamples of the dev queries; 0: any higher dev nDCG@10.")
+@click.option("--fine-tuned-weight", type=float, default=1.0, show_default=True,
+              help="Export (1 - W) x the starting model + W x the chosen checkpoint (WiSE-FT weight averaging); "
+                   "1: the checkpoint itself.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="Default: cuda when available, else cpu.")
 def adapt_cmd(corpus, matryoshka_dims, **options) -> None:
