@@ -1,0 +1,55 @@
+"""What each rule for adapt's output would have scored on the test queries, from interpolate_adapted.py results.
+
+Why: the candidates of one finished run (start, chosen checkpoint, last, their averages with the start)
+are all scored there; a rule is a choice among them that sees only the dev scores, so each rule's test
+gain per collection, and the mean across collections, follows without retraining anything.
+
+    python benchmarks/selection_policies.py benchmarks/results/interpolate_*_crops.json [--bar 0.95]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def chosen(run: dict, rule: str, bar: float) -> str:
+    """The candidate a rule picks, from dev-side facts only (the run's own bar decision and dev scores)."""
+    candidates = run["candidates"]
+    if rule == "chosen checkpoint (adapt today)":
+        return "start" if run["baseline_kept"] else "best"
+    if rule == "chosen checkpoint averaged with the start (w=0.5)":
+        if run["baseline_kept"]:
+            return "start"
+        return "best-lerp0.5" if "best-lerp0.5" in candidates else "lerp0.5"
+    if rule == "last averaged with the start (w=0.5), always":
+        return "lerp0.5"
+    if rule == "last averaged with the start (w=0.5) if it passes the bar":
+        return "lerp0.5" if candidates["lerp0.5"]["dev"]["confidence"] >= bar else "start"
+    raise ValueError(rule)
+
+
+RULES = ("chosen checkpoint (adapt today)", "chosen checkpoint averaged with the start (w=0.5)",
+         "last averaged with the start (w=0.5), always", "last averaged with the start (w=0.5) if it passes the bar")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("--bar", type=float, default=0.95, help="adapt's --min-dev-confidence")
+    args = parser.parse_args()
+    runs = [json.loads(p.read_text()) for p in args.results]
+    names = [r["collection"] for r in runs]
+    print("| rule | " + " | ".join(names) + " | mean |")
+    print("|---" * (len(names) + 2) + "|")
+    for rule in RULES:
+        gains = []
+        for run in runs:
+            pick = chosen(run, rule, args.bar)
+            gains.append(100 * (run["candidates"][pick]["test"]["nDCG@10"] - run["candidates"]["start"]["test"]["nDCG@10"]))
+        cells = " | ".join(f"{g:+.2f}" for g in gains)
+        print(f"| {rule} | {cells} | {sum(gains) / len(gains):+.2f} |")
+
+
+if __name__ == "__main__":
+    main()
