@@ -16,7 +16,8 @@ The whole DRAMA-style loop, composed from the trainer's parts (nothing here re-i
     5 train   InfoNCE + Matryoshka (train.py) with the zero-shot baseline measured first on that dev
               set; the best checkpoint is kept, and when nothing beats the baseline, the baseline is
               kept and the report says so
-    6 export  the model to OUT (export.py)
+    6 export  the model to OUT (export.py); with fine_tuned_weight < 1, its weight average with the
+              start (average.py, WiSE-FT), scored on the dev set
     7 refresh INDEX re-encoded with it, when one is given (dramasearch.index.refresh)
 
 Every step is resumable after `kill -9`: steps 2-4 write through resume.py's progress files (a
