@@ -77,6 +77,7 @@ def main() -> None:
                         help="AdaptSettings.llm_queries, for the source ablation (default: the device's)")
     parser.add_argument("--crops-per-passage", type=int, default=None,
                         help="AdaptSettings.crops_per_passage, for the source ablation (0: LLM queries only)")
+    parser.add_argument("--seed", type=int, default=0, help="AdaptSettings.seed, for the spread between runs")
     parser.add_argument("--reader-pause", type=float, default=0.5, help="seconds between the reader's searches")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
@@ -97,7 +98,7 @@ def main() -> None:
     margin = None if args.margin_ratio.lower() == "none" else float(args.margin_ratio)
     report = adapt(AdaptSettings(corpus=str(data), model=args.model, output=str(out / "model"), index=str(index),
                                  margin_ratio=margin, llm_queries=args.llm_queries,
-                                 crops_per_passage=args.crops_per_passage))
+                                 crops_per_passage=args.crops_per_passage, seed=args.seed))
     adapt_seconds = time.perf_counter() - started
     time.sleep(1.0)  # past the follow interval: the reader's next search reopens on the last generation
     reader_stats = reader.stop()
