@@ -4,7 +4,10 @@ Why: the candidates of one finished run (start, chosen checkpoint, last, their a
 are all scored there; a rule is a choice among them that sees only the dev scores, so each rule's test
 gain per collection, and the mean across collections, follows without retraining anything.
 
-    python benchmarks/selection_policies.py benchmarks/results/interpolate_*_crops.json [--bar 0.95]
+Several runs of one collection (other --seed draws) are averaged first, so each collection weighs
+the same in the mean, and the per-run gains show the spread between draws.
+
+    python benchmarks/selection_policies.py benchmarks/results/interpolate_*_crops*.json [--bar 0.95]
 """
 from __future__ import annotations
 
@@ -38,17 +41,25 @@ def main() -> None:
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--bar", type=float, default=0.95, help="adapt's --min-dev-confidence")
     args = parser.parse_args()
-    runs = [json.loads(p.read_text()) for p in args.results]
-    names = [r["collection"] for r in runs]
-    print("| rule | " + " | ".join(names) + " | mean |")
+    by_collection: dict[str, list[dict]] = {}
+    for path in args.results:
+        run = json.loads(path.read_text())
+        by_collection.setdefault(run["collection"], []).append(run)
+    names = list(by_collection)
+    print("| rule | " + " | ".join(f"{n} ({len(by_collection[n])})" for n in names) + " | mean |")
     print("|---" * (len(names) + 2) + "|")
     for rule in RULES:
-        gains = []
-        for run in runs:
-            pick = chosen(run, rule, args.bar)
-            gains.append(100 * (run["candidates"][pick]["test"]["nDCG@10"] - run["candidates"]["start"]["test"]["nDCG@10"]))
-        cells = " | ".join(f"{g:+.2f}" for g in gains)
-        print(f"| {rule} | {cells} | {sum(gains) / len(gains):+.2f} |")
+        cells, means = [], []
+        for name in names:
+            gains = [gain(run, chosen(run, rule, args.bar)) for run in by_collection[name]]
+            means.append(sum(gains) / len(gains))
+            cells.append(f"{means[-1]:+.2f}" + (f" ({', '.join(f'{g:+.2f}' for g in gains)})" if len(gains) > 1 else ""))
+        print(f"| {rule} | {' | '.join(cells)} | {sum(means) / len(means):+.2f} |")
+
+
+def gain(run: dict, pick: str) -> float:
+    """Test nDCG@10 points of the picked candidate over the start."""
+    return 100 * (run["candidates"][pick]["test"]["nDCG@10"] - run["candidates"]["start"]["test"]["nDCG@10"])
 
 
 if __name__ == "__main__":
