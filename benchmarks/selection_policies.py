@@ -17,23 +17,30 @@ from pathlib import Path
 
 
 def chosen(run: dict, rule: str, bar: float) -> str:
-    """The candidate a rule picks, from dev-side facts only (the run's own bar decision and dev scores)."""
+    """The candidate a rule picks, from dev-side facts only (the run's own bar decision and dev scores).
+    Like adapt's export, an average or the last step replaces the start only if it passes the bar itself."""
     candidates = run["candidates"]
-    if rule == "chosen checkpoint (adapt today)":
+
+    def passes(name: str) -> bool:
+        dev = candidates[name]["dev"]
+        return dev["nDCG@10"] > candidates["start"]["dev"]["nDCG@10"] and dev["confidence"] >= bar
+
+    if rule == RULES[0]:
         return "start" if run["baseline_kept"] else "best"
-    if rule == "chosen checkpoint averaged with the start (w=0.5)":
-        if run["baseline_kept"]:
-            return "start"
-        return "best-lerp0.5" if "best-lerp0.5" in candidates else "lerp0.5"
-    if rule == "last averaged with the start (w=0.5), always":
+    if rule == RULES[1]:
+        average = "best-lerp0.5" if "best-lerp0.5" in candidates else "lerp0.5"
+        return "start" if run["baseline_kept"] or not passes(average) else average
+    if rule == RULES[2]:
         return "lerp0.5"
-    if rule == "last averaged with the start (w=0.5) if it passes the bar":
-        return "lerp0.5" if candidates["lerp0.5"]["dev"]["confidence"] >= bar else "start"
+    if rule == RULES[3]:
+        return "lerp0.5" if passes("lerp0.5") else "start"
     raise ValueError(rule)
 
 
-RULES = ("chosen checkpoint (adapt today)", "chosen checkpoint averaged with the start (w=0.5)",
-         "last averaged with the start (w=0.5), always", "last averaged with the start (w=0.5) if it passes the bar")
+RULES = ("chosen checkpoint (adapt's default)",
+         "chosen checkpoint averaged with the start (--fine-tuned-weight 0.5)",
+         "last averaged with the start (w=0.5), always",
+         "last averaged with the start (--export-from last --fine-tuned-weight 0.5)")
 
 
 def main() -> None:

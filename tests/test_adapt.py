@@ -19,7 +19,7 @@ from dramasearch.index.build import BuildSettings, build_index
 from dramasearch.index.generation import IndexDir
 from dramasearch.models import load_encoder
 from dramasearch.searcher import Searcher
-from trainer.adapt import MAX_CROPS, AdaptReport, AdaptSettings, adapt, crops_per_passage, mix_plan, negative_window
+from trainer.adapt import EXPORT_FROM, MAX_CROPS, AdaptReport, AdaptSettings, adapt, crops_per_passage, mix_plan, negative_window
 from trainer.export import export_encoder, load_encoder as load_export
 from trainer.losses import MatryoshkaInfoNCE
 
@@ -272,7 +272,7 @@ def _trained(model_dir: Path, baseline_kept: bool, baseline_per_query: list[floa
 def test_export_averages_the_chosen_checkpoint_with_the_start(tmp_path, minilm):
     """fine_tuned_weight < 1: OUT's weights are the halfway point of start and checkpoint (checked
     weight by weight against the two state dicts), its dev score is measured as served, a rerun
-    reuses the export, another weight re-exports, and a kept baseline is never averaged."""
+    reuses the export and its scores, another weight re-exports, and a kept baseline is never averaged."""
     from trainer_helpers import perturbed_minilm, write_dev_set
     from trainer.adapt import _export
     from trainer.devset import DevSet, mean, per_query_ndcg10
@@ -284,37 +284,80 @@ def test_export_averages_the_chosen_checkpoint_with_the_start(tmp_path, minilm):
     settings = AdaptSettings(corpus=TINY, model="minilm", output=str(tmp_path / "out"), work_dir=str(work),
                              fine_tuned_weight=0.5)
     dev = DevSet.load(work / "dev" / "corpus.jsonl", work / "dev" / "queries.jsonl", work / "dev" / "qrels.tsv")
-    baseline = per_query_ndcg10(minilm, dev, [None])[None].tolist()
-    report = AdaptReport(output=settings.output, work_dir=str(work), device="cpu", best_step=3)
-    _export(settings, checkpoint, _trained(checkpoint, False, baseline), report)
+    beatable = [0.0] * len(dev.query_ids)  # a baseline any model with one hit beats: the average passes the bar
+    report = AdaptReport(output=settings.output, work_dir=str(work), device="cpu")
+    _export(settings, _trained(checkpoint, False, beatable), report)
 
     out = load_export(settings.output, device="cpu", dtype=torch.float32).model.state_dict()
     start, end = minilm.model.state_dict(), tuned.model.state_dict()
     for name, value in out.items():
         torch.testing.assert_close(value, (start[name] + end[name]) / 2, rtol=0, atol=1e-7)
     meta = json.loads(Path(settings.output, "dramasearch_encoder.json").read_text())
-    assert meta["adapt"]["fine_tuned_weight"] == 0.5 and meta["training"] == {"step": 3}
+    assert meta["adapt"]["request"]["fine_tuned_weight"] == 0.5 and meta["training"] == {"step": 3}
     served = per_query_ndcg10(load_encoder(settings.output, device="cpu"), dev, [None])[None]
     assert report.fine_tuned_weight == 0.5 and report.exported_dev == pytest.approx(mean(served))
-    assert 0 <= report.exported_dev_confidence <= 1
-    assert "0.5 x the starting model + 0.5 x step 3" in report.summary()
+    assert report.exported_dev_confidence > 0.95 and not report.baseline_kept and report.exported_step == 3
+    assert "exported: 0.5 x the starting model + 0.5 x step 3" in report.summary()
+    assert not (work / "export-candidate").exists()
 
     again = AdaptReport(output=settings.output, work_dir=str(work), device="cpu")
-    _export(settings, checkpoint, _trained(checkpoint, False, baseline), again)
-    assert again.skipped == ["export"] and again.exported_dev == report.exported_dev
+    _export(settings, _trained(checkpoint, False, beatable), again)
+    assert again.skipped == ["export"] and again.exported_dev == report.exported_dev and again.exported_step == 3
 
     quarter = dataclasses.replace(settings, fine_tuned_weight=0.25)
-    _export(quarter, checkpoint, _trained(checkpoint, False, baseline), AdaptReport(settings.output, str(work), "cpu"))
+    _export(quarter, _trained(checkpoint, False, beatable), AdaptReport(settings.output, str(work), "cpu"))
     out = load_export(settings.output, device="cpu", dtype=torch.float32).model.state_dict()
     name = "encoder.layer.0.attention.self.query.weight"
     torch.testing.assert_close(out[name], 0.75 * start[name] + 0.25 * end[name], rtol=0, atol=1e-7)
 
-    start_export = export_encoder(minilm, work / "train" / "start")  # best/ holds the start when it was kept
     kept = AdaptReport(output=settings.output, work_dir=str(work), device="cpu")
-    _export(settings, start_export, _trained(start_export, True, baseline), kept)
-    assert kept.fine_tuned_weight is None and kept.exported_dev is None
+    _export(settings, _trained(checkpoint, True, beatable), kept)  # training kept the baseline: nothing to average
+    assert kept.baseline_kept and kept.fine_tuned_weight is None and kept.exported_dev is None
     np.testing.assert_array_equal(load_encoder(settings.output, device="cpu", dtype=torch.float32).encode_documents(TEXTS),
                                   minilm.encode_documents(TEXTS))
+
+
+def test_an_export_that_fails_the_dev_bar_keeps_the_starting_model(tmp_path, minilm):
+    """export_from="last" exports the last step, not the chosen one, even when training kept the
+    baseline, but only if it passes the bar itself; an average of the chosen step must pass it too."""
+    from trainer_helpers import perturbed_minilm, write_dev_set
+    from trainer.adapt import _export
+    from trainer.devset import DevSet
+
+    work = tmp_path / "work"
+    write_dev_set(work / "dev")
+    best = export_encoder(perturbed_minilm(0.01, seed=1), work / "train" / "best", extra={"training": {"step": 2}})
+    last = perturbed_minilm(0.01, seed=2)
+    export_encoder(last, work / "train" / "last", extra={"training": {"step": 3}})
+    queries = len(DevSet.load(work / "dev" / "corpus.jsonl", work / "dev" / "queries.jsonl", work / "dev" / "qrels.tsv").query_ids)
+    beatable, unbeatable = [0.0] * queries, [1.0] * queries
+    settings = AdaptSettings(corpus=TINY, model="minilm", output=str(tmp_path / "out"), work_dir=str(work),
+                             export_from="last", fine_tuned_weight=0.5)
+
+    passed = AdaptReport(output=settings.output, work_dir=str(work), device="cpu")
+    _export(settings, _trained(best, True, beatable), passed)
+    assert not passed.baseline_kept and passed.exported_step == 3
+    out = load_export(settings.output, device="cpu", dtype=torch.float32).model.state_dict()
+    start, end = minilm.model.state_dict(), last.model.state_dict()
+    for name, value in out.items():
+        torch.testing.assert_close(value, (start[name] + end[name]) / 2, rtol=0, atol=1e-7)
+    stricter = AdaptReport(output=settings.output, work_dir=str(work), device="cpu")
+    _export(dataclasses.replace(settings, min_dev_confidence=0.99), _trained(best, True, beatable), stricter)
+    assert "export" not in stricter.skipped  # the decision depends on the bar: a new bar decides again
+
+    for i, export_from in enumerate(EXPORT_FROM):
+        case = dataclasses.replace(settings, export_from=export_from, output=str(tmp_path / f"failed{i}"))
+        failed = AdaptReport(output=case.output, work_dir=str(work), device="cpu")
+        _export(case, _trained(best, False, unbeatable), failed)
+        assert failed.baseline_kept and failed.exported_step is None and failed.exported_dev < 1.0
+        assert "not exported: 0.5 x the starting model + 0.5 x step" in failed.summary()
+        assert json.loads(Path(case.output, "dramasearch_encoder.json").read_text())["adapt"]["baseline_kept"]
+        np.testing.assert_array_equal(
+            load_encoder(case.output, device="cpu", dtype=torch.float32).encode_documents(TEXTS),
+            minilm.encode_documents(TEXTS))
+
+    with pytest.raises(UsageError, match="export_from.*best, last"):
+        dataclasses.replace(settings, export_from="first").check()
 
 
 def test_fine_tuned_weight_must_be_in_the_unit_interval(tmp_path):
@@ -327,4 +370,6 @@ def test_fine_tuned_weight_must_be_in_the_unit_interval(tmp_path):
                                             "--fine-tuned-weight", "-0.5"])
     assert isinstance(result.exception, UsageError) and "fine_tuned_weight" in str(result.exception)
     assert [p.default for p in adapt_cmd.params if p.name == "fine_tuned_weight"] == [AdaptSettings.fine_tuned_weight]
+    [export_from] = [p for p in adapt_cmd.params if p.name == "export_from"]
+    assert export_from.default == AdaptSettings.export_from and tuple(export_from.type.choices) == EXPORT_FROM
     assert not (tmp_path / "o.adapt-work").exists()

@@ -16,8 +16,9 @@ The whole DRAMA-style loop, composed from the trainer's parts (nothing here re-i
     5 train   InfoNCE + Matryoshka (train.py) with the zero-shot baseline measured first on that dev
               set; the best checkpoint is kept, and when nothing beats the baseline, the baseline is
               kept and the report says so
-    6 export  the model to OUT (export.py); with fine_tuned_weight < 1, its weight average with the
-              start (average.py, WiSE-FT), scored on the dev set
+    6 export  the model to OUT (export.py): the chosen checkpoint, or (export_from) the last one,
+              optionally averaged with the start (fine_tuned_weight, average.py, WiSE-FT); anything
+              but the chosen checkpoint itself is scored on the dev set and must pass the same bar
     7 refresh INDEX re-encoded with it, when one is given (dramasearch.index.refresh)
 
 Every step is resumable after `kill -9`: steps 2-4 write through resume.py's progress files (a
@@ -61,6 +62,7 @@ WIDE_WINDOW = (30, 50)  # DRAMA's negative ranks, for corpora of at least SMALL_
 SMALL_CORPUS = 100
 MIN_EXAMPLES = 10  # fewer cannot make a dev set (a fifth of them) and a training batch
 MAX_CROPS = 8  # cropped queries per passage at most, however small the corpus
+EXPORT_FROM = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,11 @@ class AdaptSettings:
     # a checkpoint must beat the starting model on this share of bootstrap resamples of the dev
     # queries (a small dev set's higher mean can be one query's luck); 0 = any higher mean
     min_dev_confidence: float = 0.95
-    # the export is (1 - w) * start + w * chosen checkpoint (WiSE-FT, trainer/average.py); 1: the checkpoint
+    # the export is (1 - w) * start + w * a checkpoint (WiSE-FT, trainer/average.py); 1: the checkpoint
     fine_tuned_weight: float = 1.0
+    # that checkpoint: "best" (the dev set's choice) or "last" (the final step; the bar is then applied
+    # to the export, and the starting model is kept when it fails)
+    export_from: str = "best"
     seed: int = 0
     show_progress: bool = True
 
@@ -145,6 +150,8 @@ class AdaptSettings:
         _positive("fine_tuned_weight", self.fine_tuned_weight)
         if self.fine_tuned_weight > 1:
             raise UsageError("fine_tuned_weight", f"must be in (0, 1], got {self.fine_tuned_weight}")
+        if self.export_from not in EXPORT_FROM:
+            raise UsageError("export_from", f"must be one of {', '.join(EXPORT_FROM)}, got {self.export_from!r:.40}")
         if not 0 <= self.min_dev_confidence < 1:
             raise UsageError("min_dev_confidence", f"must be in [0, 1), got {self.min_dev_confidence}")
         if not 0 <= self.warmup_ratio < 1:
@@ -185,8 +192,9 @@ class AdaptReport:
     best: float | None = None
     best_step: int | None = None
     baseline_kept: bool = False  # no checkpoint beat the baseline (confidently): OUT holds the starting model
-    fine_tuned_weight: float | None = None  # when OUT averages the chosen checkpoint with the start
-    exported_dev: float | None = None  # dev nDCG@10 of that average
+    exported_step: int | None = None  # the checkpoint OUT comes from (None: the starting model)
+    fine_tuned_weight: float | None = None  # when OUT averages that checkpoint with the start
+    exported_dev: float | None = None  # dev nDCG@10 of the export, when it is not the chosen checkpoint itself
     exported_dev_confidence: float | None = None  # its share of bootstrap resamples beating the baseline
     selection_note: str = ""  # why a checkpoint with a higher dev score was passed over, if one was
     refreshed_generation: int | None = None
@@ -206,10 +214,12 @@ class AdaptReport:
             lines.append(f"dev nDCG@10: baseline {self.baseline:.4f}, best {self.best:.4f} at step {self.best_step}")
         if self.selection_note:
             lines.append(self.selection_note)
-        if self.fine_tuned_weight is not None:
-            lines.append(f"exported: {1 - self.fine_tuned_weight:g} x the starting model + {self.fine_tuned_weight:g} x "
-                         f"step {self.best_step}, dev nDCG@10 {self.exported_dev:.4f} (beats the baseline on "
-                         f"{self.exported_dev_confidence:.0%} of bootstrap resamples)")
+        if self.exported_dev is not None:
+            what = f"step {self.exported_step}" if self.fine_tuned_weight is None else (
+                f"{1 - self.fine_tuned_weight:g} x the starting model + {self.fine_tuned_weight:g} x step {self.exported_step}")
+            lines.append(f"{'exported' if not self.baseline_kept else 'not exported'}: {what}, dev nDCG@10 "
+                         f"{self.exported_dev:.4f} (beats the baseline on {self.exported_dev_confidence:.0%} of "
+                         "bootstrap resamples)")
         if self.baseline_kept:
             lines.append("training did not beat the starting model on the dev set: "
                          f"{self.output} holds the starting model (baseline kept)")
@@ -265,11 +275,11 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
     report.selection_note = trained.selection_note
 
     with _timed(report, "export"):
-        _export(settings, Path(trained.model_dir), trained, report)
+        _export(settings, trained, report)
 
     if settings.index is not None:
         with _timed(report, "refresh"):
-            report.refreshed_generation = _refresh(settings, corpus, trained, report)
+            report.refreshed_generation = _refresh(settings, corpus, report)
     atomic_write_bytes(work / "adapt-report.json", json.dumps(dataclasses.asdict(report), indent=1).encode())
     return report
 
@@ -521,44 +531,79 @@ def _train(settings: AdaptSettings, work: Path, device: str, report: AdaptReport
     return train(train_settings)
 
 
-def _export(settings: AdaptSettings, model_dir: Path, trained, report: AdaptReport) -> None:
-    """OUT: the chosen checkpoint, or its average with the start in fp32 (fine_tuned_weight < 1),
-    which is then scored on the dev set as served, against the same baseline; the starting model
-    when the baseline was kept."""
+def _export(settings: AdaptSettings, trained, report: AdaptReport) -> None:
+    """OUT: `(1 - w) * start + w * checkpoint` in fp32, the checkpoint being the chosen one or the last
+    (export_from), or the starting model.
+
+    The bar that chose the checkpoint applies to what is exported: anything but the chosen checkpoint
+    itself (an average, the last step) is scored on the dev set as served, and replaces the starting
+    model only when it beats the baseline's mean on min_dev_confidence of bootstrap resamples. The
+    decision and its scores are kept in OUT's metadata, so a rerun with the same settings reuses them.
+    """
+    from .export import METADATA_FILE
+
+    work, out = settings.work, Path(settings.output)
+    if settings.export_from == "last":
+        source, step = work / "train" / "last", trained.steps
+    else:
+        source, step = (None, None) if trained.baseline_kept else (Path(trained.model_dir), trained.best_step)
+    weight = None if source is None or settings.fine_tuned_weight == 1 else settings.fine_tuned_weight
+    request = {"source_model": settings.model, "work_dir": str(work.resolve()), "export_from": settings.export_from,
+               "train_step": step, "fine_tuned_weight": weight, "min_dev_confidence": settings.min_dev_confidence}
+    meta_path = out / METADATA_FILE
+    saved = json.loads(meta_path.read_text(encoding="utf-8")).get("adapt", {}) if meta_path.is_file() else {}
+    if saved.get("request") == request:
+        report.skipped.append("export")
+        facts = saved
+    else:
+        facts = _write_export(settings, trained, source, weight, request, report.device)
+    report.exported_step = None if facts["baseline_kept"] else step
+    report.fine_tuned_weight = weight
+    report.exported_dev, report.exported_dev_confidence = facts["exported_dev"], facts["exported_dev_confidence"]
+    report.baseline_kept = facts["baseline_kept"]
+
+
+def _write_export(settings: AdaptSettings, trained, source: Path | None, weight: float | None,
+                  request: dict, device: str) -> dict:
+    """Build the export, score it on the dev set when it must pass the bar, and write OUT; returns its facts."""
+    import shutil
+
     import torch
 
     from dramasearch.models import load_encoder as load_start
 
     from .average import average_with_start
+    from .devset import DevSet, gain_confidence, mean, per_query_ndcg10
     from .export import METADATA_FILE, export_encoder, load_encoder
 
-    out = Path(settings.output)
-    weight = None if trained.baseline_kept or settings.fine_tuned_weight == 1 else settings.fine_tuned_weight
-    facts = {"source_model": settings.model, "train_step": trained.best_step, "baseline_kept": trained.baseline_kept,
-             "dev_ndcg@10": trained.best_score, "baseline_dev_ndcg@10": trained.baseline,
-             "fine_tuned_weight": weight, "work_dir": str(settings.work.resolve())}
-    report.fine_tuned_weight = weight
-    meta_path = out / METADATA_FILE
-    if meta_path.is_file() and json.loads(meta_path.read_text(encoding="utf-8")).get("adapt") == facts:
-        report.skipped.append("export")
-    else:
-        trained_meta = json.loads((model_dir / METADATA_FILE).read_text(encoding="utf-8"))
-        encoder = load_encoder(model_dir, device="cpu", dtype=torch.float32)
-        if weight is not None:
-            encoder = average_with_start(load_start(settings.model, device="cpu", dtype=torch.float32), encoder, weight)
-        export_encoder(encoder, out, extra={"training": trained_meta.get("training"), "adapt": facts})
-    if weight is not None:  # one dev pass (seconds); a rerun repeats it rather than trusting a stale file
-        from .devset import DevSet, gain_confidence, mean, per_query_ndcg10
-
+    facts = {"request": request, "baseline_kept": source is None, "chosen_step": trained.best_step,
+             "chosen_dev_ndcg@10": trained.best_score, "baseline_dev_ndcg@10": trained.baseline,
+             "exported_dev": None, "exported_dev_confidence": None}
+    scored = source is not None and (weight is not None or settings.export_from == "last")
+    encoder = load_encoder(source, device="cpu", dtype=torch.float32) if source is not None else None
+    if weight is not None:
+        encoder = average_with_start(load_start(settings.model, device="cpu", dtype=torch.float32), encoder, weight)
+    if scored:  # scored as served: written, then loaded at the serving precision
+        candidate = export_encoder(encoder, settings.work / "export-candidate")
         dev = settings.work / "dev"
-        per_query = per_query_ndcg10(load_encoder(out, device=report.device),
+        per_query = per_query_ndcg10(load_encoder(candidate, device=device),
                                      DevSet.load(dev / "corpus.jsonl", dev / "queries.jsonl", dev / "qrels.tsv"),
                                      [None])[None]
-        report.exported_dev = mean(per_query)
-        report.exported_dev_confidence = gain_confidence(trained.baseline_per_query, per_query, seed=settings.seed)
+        facts["exported_dev"] = mean(per_query)
+        facts["exported_dev_confidence"] = gain_confidence(trained.baseline_per_query, per_query, seed=settings.seed)
+        facts["baseline_kept"] = not (facts["exported_dev"] > mean(trained.baseline_per_query)
+                                      and facts["exported_dev_confidence"] >= settings.min_dev_confidence)
+        shutil.rmtree(candidate)
+    if facts["baseline_kept"]:
+        encoder = load_start(settings.model, device="cpu", dtype=torch.float32, max_length=settings.max_length)
+        training = None
+    else:
+        training = json.loads((source / METADATA_FILE).read_text(encoding="utf-8")).get("training")
+    export_encoder(encoder, settings.output, extra={"training": training, "adapt": facts})
+    return facts
 
 
-def _refresh(settings: AdaptSettings, corpus: str, trained, report: AdaptReport) -> int:
+def _refresh(settings: AdaptSettings, corpus: str, report: AdaptReport) -> int:
     """Refresh --index to OUT, unless it already holds OUT, or the starting model that OUT equals
     (baseline kept): re-encoding would give the same vectors."""
     from dramasearch.index.generation import IndexDir
@@ -567,7 +612,7 @@ def _refresh(settings: AdaptSettings, corpus: str, trained, report: AdaptReport)
 
     latest = IndexDir(settings.index).read()
     current = latest.encoder.get("fingerprint")
-    if trained.baseline_kept and current == load_encoder(settings.model, device="cpu").spec.fingerprint:
+    if report.baseline_kept and current == load_encoder(settings.model, device="cpu").spec.fingerprint:
         report.skipped.append("refresh (the index holds the starting model, which was kept)")
         return latest.generation
     new = load_encoder(settings.output, device=report.device)

@@ -115,8 +115,11 @@ def export_cmd(model, out_dir, max_length) -> None:
 @click.option("--min-dev-confidence", type=float, default=0.95, show_default=True,
               help="A checkpoint replaces the starting model only if it beats it on this share of paired bootstrap resamples of the dev queries; 0: any higher dev nDCG@10.")
 @click.option("--fine-tuned-weight", type=float, default=1.0, show_default=True,
-              help="Export (1 - W) x the starting model + W x the chosen checkpoint (WiSE-FT weight averaging); "
+              help="Export (1 - W) x the starting model + W x the checkpoint (WiSE-FT weight averaging); "
                    "1: the checkpoint itself.")
+@click.option("--export-from", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="The checkpoint to export: the dev set's choice, or the last step. Anything but the chosen "
+                   "checkpoint itself must pass --min-dev-confidence on the dev set, else the starting model is kept.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="Default: cuda when available, else cpu.")
 def adapt_cmd(corpus, matryoshka_dims, **options) -> None:
