@@ -25,22 +25,21 @@ def chosen(run: dict, rule: str, bar: float) -> str:
         dev = candidates[name]["dev"]
         return dev["nDCG@10"] > candidates["start"]["dev"]["nDCG@10"] and dev["confidence"] >= bar
 
-    if rule == RULES[0]:
-        return "start" if run["baseline_kept"] else "best"
-    if rule == RULES[1]:
-        average = "best-lerp0.5" if "best-lerp0.5" in candidates else "lerp0.5"
-        return "start" if run["baseline_kept"] or not passes(average) else average
-    if rule == RULES[2]:
-        return "lerp0.5"
-    if rule == RULES[3]:
-        return "lerp0.5" if passes("lerp0.5") else "start"
-    raise ValueError(rule)
+    return RULES[rule](run, passes)
 
 
-RULES = ("chosen checkpoint (adapt's default)",
-         "chosen checkpoint averaged with the start (--fine-tuned-weight 0.5)",
-         "last averaged with the start (w=0.5), always",
-         "last averaged with the start (--export-from last --fine-tuned-weight 0.5)")
+def _chosen_averaged(run: dict, passes) -> str:
+    average = "best-lerp0.5" if "best-lerp0.5" in run["candidates"] else "lerp0.5"  # lerp0.5 when best is last
+    return "start" if run["baseline_kept"] or not passes(average) else average
+
+
+RULES = {
+    "chosen checkpoint (adapt's default)": lambda run, passes: "start" if run["baseline_kept"] else "best",
+    "chosen checkpoint averaged with the start (--fine-tuned-weight 0.5)": _chosen_averaged,
+    "last averaged with the start (w=0.5), always": lambda run, passes: "lerp0.5",
+    "last averaged with the start (--export-from last --fine-tuned-weight 0.5)":
+        lambda run, passes: "lerp0.5" if passes("lerp0.5") else "start",
+}
 
 
 def main() -> None:
