@@ -282,7 +282,7 @@ def test_export_averages_the_chosen_checkpoint_with_the_start(tmp_path, minilm):
     tuned = perturbed_minilm(0.01)
     checkpoint = export_encoder(tuned, work / "train" / "best", extra={"training": {"step": 3}})
     settings = AdaptSettings(corpus=TINY, model="minilm", output=str(tmp_path / "out"), work_dir=str(work),
-                             fine_tuned_weight=0.5)
+                             export_from="best")
     dev = DevSet.load(work / "dev" / "corpus.jsonl", work / "dev" / "queries.jsonl", work / "dev" / "qrels.tsv")
     beatable = [0.0] * len(dev.query_ids)  # a baseline any model with one hit beats: the average passes the bar
     report = AdaptReport(output=settings.output, work_dir=str(work), device="cpu")
@@ -318,8 +318,9 @@ def test_export_averages_the_chosen_checkpoint_with_the_start(tmp_path, minilm):
 
 
 def test_an_export_that_fails_the_dev_bar_keeps_the_starting_model(tmp_path, minilm):
-    """export_from="last" exports the last step, not the chosen one, even when training kept the
-    baseline, but only if it passes the bar itself; an average of the chosen step must pass it too."""
+    """By default (export_from="last", weight 0.5) adapt exports ½ start + ½ the last step, not the
+    chosen one, even when training kept the baseline, but only if it passes the bar itself; an average
+    of the chosen step must pass it too."""
     from trainer_helpers import perturbed_minilm, write_dev_set
     from trainer.adapt import _export
     from trainer.devset import DevSet
@@ -331,8 +332,7 @@ def test_an_export_that_fails_the_dev_bar_keeps_the_starting_model(tmp_path, min
     export_encoder(last, work / "train" / "last", extra={"training": {"step": 3}})
     queries = len(DevSet.load(work / "dev" / "corpus.jsonl", work / "dev" / "queries.jsonl", work / "dev" / "qrels.tsv").query_ids)
     beatable, unbeatable = [0.0] * queries, [1.0] * queries
-    settings = AdaptSettings(corpus=TINY, model="minilm", output=str(tmp_path / "out"), work_dir=str(work),
-                             export_from="last", fine_tuned_weight=0.5)
+    settings = AdaptSettings(corpus=TINY, model="minilm", output=str(tmp_path / "out"), work_dir=str(work))
 
     passed = AdaptReport(output=settings.output, work_dir=str(work), device="cpu")
     _export(settings, _trained(best, True, beatable), passed)

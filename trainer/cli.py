@@ -114,11 +114,11 @@ def export_cmd(model, out_dir, max_length) -> None:
 @click.option("--dev-queries", type=int, default=200, show_default=True, help="Held-out augmented queries for model selection.")
 @click.option("--min-dev-confidence", type=float, default=0.95, show_default=True,
               help="A checkpoint replaces the starting model only if it beats it on this share of paired bootstrap resamples of the dev queries; 0: any higher dev nDCG@10.")
-@click.option("--fine-tuned-weight", type=float, default=1.0, show_default=True,
+@click.option("--fine-tuned-weight", type=float, default=0.5, show_default=True,
               help="Export (1 - W) x the starting model + W x the checkpoint (WiSE-FT weight averaging); "
                    "1: the checkpoint itself.")
-@click.option("--export-from", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="The checkpoint to export: the dev set's choice, or the last step. Anything but the chosen "
+@click.option("--export-from", type=click.Choice(["best", "last"]), default="last", show_default=True,
+              help="The checkpoint to export: the last step, or the dev set's choice. Anything but the chosen "
                    "checkpoint itself must pass --min-dev-confidence on the dev set, else the starting model is kept.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="Default: cuda when available, else cpu.")
