@@ -34,10 +34,10 @@ def _chosen_averaged(run: dict, passes) -> str:
 
 
 RULES = {
-    "chosen checkpoint (adapt's default)": lambda run, passes: "start" if run["baseline_kept"] else "best",
-    "chosen checkpoint averaged with the start (--fine-tuned-weight 0.5)": _chosen_averaged,
+    "chosen checkpoint (--export-from best --fine-tuned-weight 1; the default before §13.12)": lambda run, passes: "start" if run["baseline_kept"] else "best",
+    "chosen checkpoint averaged with the start (--export-from best --fine-tuned-weight 0.5)": _chosen_averaged,
     "last averaged with the start (w=0.5), always": lambda run, passes: "lerp0.5",
-    "last averaged with the start (--export-from last --fine-tuned-weight 0.5)":
+    "last averaged with the start, under the bar (adapt's default since §13.12)":
         lambda run, passes: "lerp0.5" if passes("lerp0.5") else "start",
 }
 
