@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--crops-per-passage", type=int, default=None,
                         help="AdaptSettings.crops_per_passage, for the source ablation (0: LLM queries only)")
     parser.add_argument("--seed", type=int, default=0, help="AdaptSettings.seed, for the spread between runs")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="AdaptSettings.temperature, for the training ablation (default: adapt's)")
     parser.add_argument("--reader-pause", type=float, default=0.5, help="seconds between the reader's searches")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
@@ -96,9 +98,10 @@ def main() -> None:
     reader.start()
     started = time.perf_counter()
     margin = None if args.margin_ratio.lower() == "none" else float(args.margin_ratio)
+    ablation = {} if args.temperature is None else {"temperature": args.temperature}
     report = adapt(AdaptSettings(corpus=str(data), model=args.model, output=str(out / "model"), index=str(index),
                                  margin_ratio=margin, llm_queries=args.llm_queries,
-                                 crops_per_passage=args.crops_per_passage, seed=args.seed))
+                                 crops_per_passage=args.crops_per_passage, seed=args.seed, **ablation))
     adapt_seconds = time.perf_counter() - started
     time.sleep(1.0)  # past the follow interval: the reader's next search reopens on the last generation
     reader_stats = reader.stop()
@@ -108,7 +111,7 @@ def main() -> None:
     print(f"after: {after}", flush=True)
 
     result = {
-        "collection": data.name, "model": args.model, "machine": f"{platform.processor() or platform.machine()}, "
+        "collection": data.name, "model": args.model, "arguments": vars(args), "machine": f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores (shared)", "build_seconds": round(build_seconds, 1), "adapt_seconds": round(adapt_seconds, 1),
         "before": before, "after": after, "ndcg10_delta": round(after["nDCG@10"] - before["nDCG@10"], 4),
         "reader_during_adapt": reader_stats,
