@@ -350,7 +350,7 @@ def test_an_export_that_fails_the_dev_bar_keeps_the_starting_model(tmp_path, min
         failed = AdaptReport(output=case.output, work_dir=str(work), device="cpu")
         _export(case, _trained(best, False, unbeatable), failed)
         assert failed.baseline_kept and failed.exported_step is None and failed.exported_dev < 1.0
-        assert "not exported: 0.5 x the starting model + 0.5 x step" in failed.summary()
+        assert "not exported: 0.5 x the starting model + 0.5 x step 3, dev nDCG@10" in failed.summary()
         assert json.loads(Path(case.output, "dramasearch_encoder.json").read_text())["adapt"]["baseline_kept"]
         np.testing.assert_array_equal(
             load_encoder(case.output, device="cpu", dtype=torch.float32).encode_documents(TEXTS),

@@ -195,6 +195,7 @@ class AdaptReport:
     best_step: int | None = None
     baseline_kept: bool = False  # no checkpoint beat the baseline (confidently): OUT holds the starting model
     exported_step: int | None = None  # the checkpoint OUT comes from (None: the starting model)
+    candidate_step: int | None = None  # the checkpoint the export was built from, whether or not it passed the bar
     fine_tuned_weight: float | None = None  # when OUT averages that checkpoint with the start
     exported_dev: float | None = None  # dev nDCG@10 of the export, when it is not the chosen checkpoint itself
     exported_dev_confidence: float | None = None  # its share of bootstrap resamples beating the baseline
@@ -217,8 +218,8 @@ class AdaptReport:
         if self.selection_note:
             lines.append(self.selection_note)
         if self.exported_dev is not None:
-            what = f"step {self.exported_step}" if self.fine_tuned_weight is None else (
-                f"{1 - self.fine_tuned_weight:g} x the starting model + {self.fine_tuned_weight:g} x step {self.exported_step}")
+            what = f"step {self.candidate_step}" if self.fine_tuned_weight is None else (
+                f"{1 - self.fine_tuned_weight:g} x the starting model + {self.fine_tuned_weight:g} x step {self.candidate_step}")
             lines.append(f"{'exported' if not self.baseline_kept else 'not exported'}: {what}, dev nDCG@10 "
                          f"{self.exported_dev:.4f} (beats the baseline on {self.exported_dev_confidence:.0%} of "
                          "bootstrap resamples)")
@@ -560,6 +561,7 @@ def _export(settings: AdaptSettings, trained, report: AdaptReport) -> None:
     else:
         facts = _write_export(settings, trained, source, weight, request, report.device)
     report.exported_step = None if facts["baseline_kept"] else step
+    report.candidate_step = step
     report.fine_tuned_weight = weight
     report.exported_dev, report.exported_dev_confidence = facts["exported_dev"], facts["exported_dev_confidence"]
     report.baseline_kept = facts["baseline_kept"]
