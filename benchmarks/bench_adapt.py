@@ -78,8 +78,8 @@ def main() -> None:
     parser.add_argument("--crops-per-passage", type=int, default=None,
                         help="AdaptSettings.crops_per_passage, for the source ablation (0: LLM queries only)")
     parser.add_argument("--seed", type=int, default=0, help="AdaptSettings.seed, for the spread between runs")
-    parser.add_argument("--temperature", type=float, default=None,
-                        help="AdaptSettings.temperature, for the training ablation (default: adapt's)")
+    parser.add_argument("--temperature", type=float, default=AdaptSettings.temperature,
+                        help="AdaptSettings.temperature, for the training ablation")
     parser.add_argument("--reader-pause", type=float, default=0.5, help="seconds between the reader's searches")
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
@@ -98,10 +98,10 @@ def main() -> None:
     reader.start()
     started = time.perf_counter()
     margin = None if args.margin_ratio.lower() == "none" else float(args.margin_ratio)
-    ablation = {} if args.temperature is None else {"temperature": args.temperature}
     report = adapt(AdaptSettings(corpus=str(data), model=args.model, output=str(out / "model"), index=str(index),
                                  margin_ratio=margin, llm_queries=args.llm_queries,
-                                 crops_per_passage=args.crops_per_passage, seed=args.seed, **ablation))
+                                 crops_per_passage=args.crops_per_passage, seed=args.seed,
+                                 temperature=args.temperature))
     adapt_seconds = time.perf_counter() - started
     time.sleep(1.0)  # past the follow interval: the reader's next search reopens on the last generation
     reader_stats = reader.stop()

@@ -194,13 +194,17 @@ class AdaptReport:
     best: float | None = None
     best_step: int | None = None
     baseline_kept: bool = False  # no checkpoint beat the baseline (confidently): OUT holds the starting model
-    exported_step: int | None = None  # the checkpoint OUT comes from (None: the starting model)
     candidate_step: int | None = None  # the checkpoint the export was built from, whether or not it passed the bar
     fine_tuned_weight: float | None = None  # when OUT averages that checkpoint with the start
     exported_dev: float | None = None  # dev nDCG@10 of the export, when it is not the chosen checkpoint itself
     exported_dev_confidence: float | None = None  # its share of bootstrap resamples beating the baseline
     selection_note: str = ""  # why a checkpoint with a higher dev score was passed over, if one was
     refreshed_generation: int | None = None
+
+    @property
+    def exported_step(self) -> int | None:
+        """The checkpoint OUT comes from (None: the starting model)."""
+        return None if self.baseline_kept else self.candidate_step
 
     def summary(self) -> str:
         lines = [
@@ -560,7 +564,6 @@ def _export(settings: AdaptSettings, trained, report: AdaptReport) -> None:
         facts = saved
     else:
         facts = _write_export(settings, trained, source, weight, request, report.device)
-    report.exported_step = None if facts["baseline_kept"] else step
     report.candidate_step = step
     report.fine_tuned_weight = weight
     report.exported_dev, report.exported_dev_confidence = facts["exported_dev"], facts["exported_dev_confidence"]
