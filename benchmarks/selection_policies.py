@@ -37,6 +37,7 @@ RULES = {
     "chosen checkpoint (--export-from best --fine-tuned-weight 1; the default before §13.12)": lambda run, passes: "start" if run["baseline_kept"] else "best",
     "chosen checkpoint averaged with the start (--export-from best --fine-tuned-weight 0.5)": _chosen_averaged,
     "last averaged with the start (w=0.5), always": lambda run, passes: "lerp0.5",
+    "last step, always (twice the movement of the average; §13.13)": lambda run, passes: "last",
     "last averaged with the start, under the bar (adapt's default since §13.12)":
         lambda run, passes: "lerp0.5" if passes("lerp0.5") else "start",
 }
