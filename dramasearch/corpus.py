@@ -26,6 +26,12 @@ PARQUET_BATCH_ROWS = 1024
 Record = tuple[int, dict[str, Any]]  # (1-based line or row number, record)
 
 
+def title_and_text(title: str, text: str) -> str:
+    """The text to encode: title and text joined by a space, as MTEB/BEIR do (one rule for the
+    index and for training, so a model is trained on what it will be served)."""
+    return f"{title} {text}".strip() if title else text
+
+
 @dataclass(frozen=True)
 class Document:
     id: str
@@ -33,8 +39,7 @@ class Document:
     text: str
 
     def content(self) -> str:
-        """The text to encode: title and text joined by a space, as MTEB/BEIR do."""
-        return f"{self.title} {self.text}".strip() if self.title else self.text
+        return title_and_text(self.title, self.text)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
-from dramasearch.corpus import iter_json_objects
+from dramasearch.corpus import iter_json_objects, title_and_text
 from dramasearch.errors import InputError
 from dramasearch.fsutil import atomic_write
 
@@ -25,8 +25,7 @@ class Passage:
     text: str
 
     def content(self) -> str:
-        """The text an encoder sees: title and text joined by a space, as dramasearch's Document does."""
-        return f"{self.title} {self.text}".strip() if self.title else self.text
+        return title_and_text(self.title, self.text)
 
 
 @dataclass
