@@ -97,7 +97,7 @@ class AdaptSettings:
     batch_size: int | None = None  # None: 32 on CPU, 64 on GPU
     negatives_per_query: int | None = None  # None: 3 on CPU, 7 on GPU
     learning_rate: float = 2e-5
-    temperature: float = 0.05  # MiniLM was trained at scale 20 (T = 0.05); DRAMA uses 0.02
+    temperature: float = 0.05  # MiniLM's own scale 20; 0.1 lost and 0.025 tied on paired draws (RESULTS §13.13)
     warmup_ratio: float = 0.1
     matryoshka_dims: tuple[int, ...] = ()
     max_length: int | None = None  # training and exported max length; None: the model's
