@@ -21,9 +21,10 @@ def chosen(run: dict, rule: str, bar: float) -> str:
     Like adapt's export, an average or the last step replaces the start only if it passes the bar itself."""
     candidates = run["candidates"]
 
-    def passes(name: str) -> bool:
+    def passes(name: str, bare: bool = False) -> bool:
+        """A higher dev mean than the start's, with the bar's confidence unless `bare`."""
         dev = candidates[name]["dev"]
-        return dev["nDCG@10"] > candidates["start"]["dev"]["nDCG@10"] and dev["confidence"] >= bar
+        return dev["nDCG@10"] > candidates["start"]["dev"]["nDCG@10"] and (bare or dev["confidence"] >= bar)
 
     return RULES[rule](run, passes)
 
@@ -33,6 +34,8 @@ def _chosen_averaged(run: dict, passes) -> str:
     return "start" if run["baseline_kept"] or not passes(average) else average
 
 
+LARGE_DEV = 100  # dev queries from which a higher dev mean alone is trusted, in the size-dependent rule
+
 RULES = {
     "chosen checkpoint (--export-from best --fine-tuned-weight 1; the default before §13.12)": lambda run, passes: "start" if run["baseline_kept"] else "best",
     "chosen checkpoint averaged with the start (--export-from best --fine-tuned-weight 0.5)": _chosen_averaged,
@@ -40,6 +43,8 @@ RULES = {
     "last step, always (twice the movement of the average; §13.13)": lambda run, passes: "last",
     "last averaged with the start, under the bar (adapt's default since §13.12)":
         lambda run, passes: "lerp0.5" if passes("lerp0.5") else "start",
+    f"the same, with no bar where the dev set has >= {LARGE_DEV} queries (pre-registered in §13.13)":
+        lambda run, passes: "lerp0.5" if passes("lerp0.5", bare=run["dev_queries"] >= LARGE_DEV) else "start",
 }
 
 
