@@ -73,10 +73,13 @@ class DeviceDefaults:
     max_train_examples: int
     batch_size: int
     negatives_per_query: int
+    llm_batch_size: int  # passages per generate call (each sampled several times)
 
 
-CPU_DEFAULTS = DeviceDefaults(llm_passages=0, max_train_examples=1200, batch_size=32, negatives_per_query=3)
-GPU_DEFAULTS = DeviceDefaults(llm_passages=2000, max_train_examples=20000, batch_size=64, negatives_per_query=7)
+CPU_DEFAULTS = DeviceDefaults(llm_passages=0, max_train_examples=1200, batch_size=32, negatives_per_query=3,
+                              llm_batch_size=8)
+GPU_DEFAULTS = DeviceDefaults(llm_passages=2000, max_train_examples=20000, batch_size=64, negatives_per_query=7,
+                              llm_batch_size=32)
 
 
 @dataclass
@@ -259,7 +262,8 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
         sources = {"crop": _crop(settings, cap + settings.dev_queries, corpus, side, work / "crop.jsonl", report)}
         llm_passages = _or(settings.llm_queries, defaults.llm_passages)
         if llm_passages:
-            sources["llm"] = _llm_queries(settings, corpus, side, llm_passages, work / "llm.jsonl", device, report)
+            sources["llm"] = _llm_queries(settings, corpus, side, llm_passages, work / "llm.jsonl", device,
+                                          defaults.llm_batch_size, report)
     report.crop_examples = _count(sources["crop"])
     report.llm_examples = _count(sources["llm"]) if "llm" in sources else 0
     report.negative_ranks = settings.negative_ranks or negative_window(report.corpus_documents)
@@ -399,7 +403,7 @@ def _crop(settings: AdaptSettings, wanted: int, corpus: str, side: MiningSide, o
 
 
 def _llm_queries(settings: AdaptSettings, corpus: str, side: MiningSide, passages: int, out: Path, device: str,
-                 report: AdaptReport) -> Path:
+                 batch_size: int, report: AdaptReport) -> Path:
     from .augment.queries import QueryGenConfig, generate_queries
     from .llm import load_causal_lm
 
@@ -408,7 +412,8 @@ def _llm_queries(settings: AdaptSettings, corpus: str, side: MiningSide, passage
         report.skipped.append("llm-queries")
         return out
     lm = load_causal_lm(settings.llm, device=device)
-    generate_queries(corpus, out, lm, side.encoder(), QueryGenConfig(seed=settings.seed), limit=passages)
+    generate_queries(corpus, out, lm, side.encoder(), QueryGenConfig(seed=settings.seed), limit=passages,
+                     batch_size=batch_size)
     return out
 
 

@@ -161,6 +161,9 @@ class CausalLM:
                 top_p=top_p if sampling else None,
                 top_k=None,
                 pad_token_id=self.tokenizer.pad_token_id,
+                # A static cache on CUDA makes transformers compile the forward, and every batch's own
+                # prompt length recompiled it: 82 passages took 3 minutes on an H200 (RESULTS §13.14).
+                disable_compile=True,
             )
         texts = self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         return [texts[i : i + num_return_sequences] for i in range(0, len(texts), num_return_sequences)]
