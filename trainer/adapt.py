@@ -78,10 +78,10 @@ class DeviceDefaults:
 
 CPU_DEFAULTS = DeviceDefaults(llm_passages=0, max_train_examples=1200, batch_size=32, negatives_per_query=3,
                               llm_batch_size=8)
-# GPU generation is host-bound (eager decoding steps cost about the same for 128 or 256 rows), so the
-# batch is as large as a mid-size card allows: 64 passages x 4 samples keep ~23 GB of fp32 cache at peak.
+# 64 passages per generate call in one process wrote no more per second on an H200 than four processes
+# at 32 together, and peaked at 27 GB (RESULTS §13.14), so the smaller batch stays.
 GPU_DEFAULTS = DeviceDefaults(llm_passages=2000, max_train_examples=20000, batch_size=64, negatives_per_query=7,
-                              llm_batch_size=64)
+                              llm_batch_size=32)
 
 
 @dataclass
