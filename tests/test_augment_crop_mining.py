@@ -120,6 +120,22 @@ def test_top_k_and_ranks_match_full_sort():
     assert (ranks_of(queries, docs, targets, chunk_rows=7) == [(full[i] > full[i, t]).sum() + 1 for i, t in enumerate(targets)]).all()
 
 
+@pytest.mark.parametrize("duplicates", [0, 40])
+def test_top_k_sorts_only_the_best_candidates_yet_matches_full_sort(duplicates):
+    """Rows wider than 2k take the partial-sort path; 40 copies of one document tie across the
+    k-th rank and must still come in id order."""
+    rng = np.random.default_rng(1)
+    docs = rng.standard_normal((500, 8)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    docs[100 : 100 + duplicates] = docs[7]
+    queries = np.vstack([docs[7] if duplicates else rng.standard_normal(8), rng.standard_normal((3, 8))]).astype(np.float32)
+    full = queries @ docs.T
+    expected = np.array([sorted(range(500), key=lambda j: (-full[i, j], j))[:17] for i in range(4)])
+    scores, ids = top_k(queries, docs, 17)
+    assert (ids == expected).all()
+    assert np.allclose(scores, np.take_along_axis(full, expected, axis=1))
+
+
 def test_mine_batch_matches_numpy(minilm):
     corpus_passages = PASSAGES + [Passage(f"f{i}", "", f"Filler passage number {i} about topic {i % 4}.") for i in range(25)]
     corpus = DenseCorpus.encode(minilm, corpus_passages)

@@ -98,5 +98,19 @@ def ranks_of(queries: np.ndarray, docs: np.ndarray, targets: np.ndarray, chunk_r
 
 
 def _best(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((ids, -scores), axis=1)[:, :k]  # by score descending, then id ascending
+    """The first k of each row by score descending, then id ascending.
+
+    Sorting whole rows cost 0.43 s per 256 queries over Vaswani's 11k documents, 15x the
+    matmul: only the 2k best of a row are sorted, unless a tie at the k-th score reaches past
+    them (duplicate documents), when whole rows are.
+    """
+    wide = min(scores.shape[1], 2 * k)
+    if wide < scores.shape[1]:
+        part = np.argpartition(-scores, wide - 1, axis=1)[:, :wide]
+        part_scores = np.take_along_axis(scores, part, axis=1)
+        kth = np.partition(part_scores, wide - k, axis=1)[:, wide - k]
+        exact = kth > part_scores.min(axis=1)  # every score >= the k-th is among the candidates
+        if exact.all():
+            scores, ids = part_scores, np.take_along_axis(ids, part, axis=1)
+    order = np.lexsort((ids, -scores), axis=1)[:, :k]
     return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
