@@ -65,6 +65,30 @@ def test_next_token_logprobs_ignore_left_padding(lm):
         lm.next_token_logprobs(prompts, ["yes", "yes please"])
 
 
+def test_shortlist_nucleus_equals_transformers_warpers():
+    """Temperature then top-p, as transformers' warpers do it: peaked rows (nucleus inside the
+    shortlist), flat rows (the full-sort fallback), and top_p 1 (temperature only)."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from trainer.llm import ShortlistNucleus
+
+    gen = torch.Generator().manual_seed(0)
+    peaked = torch.randn(40, 3000, generator=gen) * 6
+    flat = torch.randn(8, 3000, generator=gen) * 0.1
+    scores = torch.cat([peaked, flat])
+    ids = torch.zeros(len(scores), 1, dtype=torch.long)
+    for temperature, top_p in ((0.8, 0.9), (1.3, 0.5), (0.8, 1.0)):
+        expected = TemperatureLogitsWarper(temperature)(ids, scores)
+        if top_p < 1.0:
+            expected = TopPLogitsWarper(top_p)(ids, expected)
+        got = ShortlistNucleus(temperature, top_p, shortlist=16)(ids, scores)
+        assert torch.equal(torch.isinf(got), torch.isinf(expected))
+        assert torch.allclose(got[~torch.isinf(got)], expected[~torch.isinf(expected)])
+        kept = (~torch.isinf(got)).sum(-1)
+        if top_p < 1.0:
+            assert kept[:40].max() <= 16 and kept[40:].min() > 16  # both paths were taken
+
+
 def test_sampling_is_seeded(lm):
     prompts = [lm.chat_prompt("Passage: rain falls.", shots=[("Passage: x", "Query: y")]), "short"]
     kwargs = dict(max_new_tokens=4, num_return_sequences=2, temperature=0.8, top_p=0.9)
