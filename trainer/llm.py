@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
 
 from dramasearch.errors import ModelLoadError
 from dramasearch.gguf import convert_gguf, smollm2_gguf_path
@@ -202,8 +202,6 @@ class ShortlistNucleus(LogitsProcessor):
         self.temperature, self.top_p, self.shortlist = temperature, top_p, shortlist
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        from transformers import TopPLogitsWarper
-
         scores = scores / self.temperature
         if self.top_p >= 1.0:
             return scores

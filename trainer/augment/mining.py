@@ -79,14 +79,14 @@ def mine_batch(
     # One encoder call for the batch's positives that are not corpus rows (cropped ones), not one per
     # example: on a GPU a call for one passage is mostly launch overhead (RESULTS §13.14).
     vectors = corpus.passage_vectors(encoder, [p for positives in positives_of for p in positives], config.dim)
-    ends = np.cumsum([len(positives) for positives in positives_of])
+    vectors_of = np.split(vectors, np.cumsum([len(positives) for positives in positives_of])[:-1])
     out, counts = [], {"dropped_by_margin": 0, "dropped_few_negatives": 0, "no_positive": 0}
-    for i, (example, positives) in enumerate(zip(examples, positives_of)):
+    for i, (example, positives, positive_vectors) in enumerate(zip(examples, positives_of, vectors_of)):
         if not positives:
             counts["no_positive"] += 1
             continue
         # The least similar positive sets the bar: the strictest threshold against false negatives.
-        positive_score = float((vectors[ends[i] - len(positives) : ends[i]] @ q[i]).min())
+        positive_score = float((positive_vectors @ q[i]).min())
         positive_rows = {r for p in positives if (r := corpus.position(p.docid)) is not None}
         negatives, dropped = select_negatives(ranked[i], scores[i], positive_rows, positive_score, config)
         counts["dropped_by_margin"] += dropped
