@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="AdaptSettings.seed, for the spread between runs")
     parser.add_argument("--temperature", type=float, default=AdaptSettings.temperature,
                         help="AdaptSettings.temperature, for the training ablation")
+    parser.add_argument("--attention-dropout", type=float, default=None,
+                        help="AdaptSettings.attention_dropout, for the training ablation")
     parser.add_argument("--max-train-examples", type=int, default=None,
                         help="AdaptSettings.max_train_examples, for the data-size arm (default: the device's)")
     parser.add_argument("--reader-pause", type=float, default=0.5, help="seconds between the reader's searches")
@@ -103,7 +105,8 @@ def main() -> None:
     report = adapt(AdaptSettings(corpus=str(data), model=args.model, output=str(out / "model"), index=str(index),
                                  margin_ratio=margin, llm_queries=args.llm_queries,
                                  crops_per_passage=args.crops_per_passage, seed=args.seed,
-                                 temperature=args.temperature, max_train_examples=args.max_train_examples))
+                                 temperature=args.temperature, max_train_examples=args.max_train_examples,
+                                 attention_dropout=args.attention_dropout))
     adapt_seconds = time.perf_counter() - started
     time.sleep(1.0)  # past the follow interval: the reader's next search reopens on the last generation
     reader_stats = reader.stop()

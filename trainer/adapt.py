@@ -103,6 +103,7 @@ class AdaptSettings:
     negatives_per_query: int | None = None  # None: 3 on CPU, 7 on GPU
     learning_rate: float = 2e-5
     temperature: float = 0.05  # MiniLM's own scale 20; 0.1 lost and 0.025 tied on paired draws (RESULTS §13.13)
+    attention_dropout: float | None = None  # while training; None = the model's own (TrainSettings)
     warmup_ratio: float = 0.1
     matryoshka_dims: tuple[int, ...] = ()
     max_length: int | None = None  # training and exported max length; None: the model's
@@ -163,6 +164,8 @@ class AdaptSettings:
             raise UsageError("min_dev_confidence", f"must be in [0, 1), got {self.min_dev_confidence}")
         if not 0 <= self.warmup_ratio < 1:
             raise UsageError("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
+            raise UsageError("attention_dropout", f"must be in [0, 1), got {self.attention_dropout}")
         if Path(self.work).resolve() == Path(self.output).resolve():
             raise UsageError("work_dir", "must differ from the output folder (the export replaces that folder)")
         out = Path(self.output)
@@ -524,7 +527,8 @@ def _train(settings: AdaptSettings, work: Path, device: str, report: AdaptReport
         model=settings.model, train_data=str(work / "train.jsonl"), output=str(work / "train"),
         negatives_per_query=report.negatives_per_query, batch_size=min(report.batch_size, examples),
         max_steps=steps, learning_rate=settings.learning_rate, warmup_steps=int(settings.warmup_ratio * steps),
-        temperature=settings.temperature, matryoshka_dims=tuple(settings.matryoshka_dims),
+        temperature=settings.temperature, attention_dropout=settings.attention_dropout,
+        matryoshka_dims=tuple(settings.matryoshka_dims),
         max_length=settings.max_length, seed=settings.seed, save_steps=every, eval_steps=every,
         dev_corpus=str(dev / "corpus.jsonl"), dev_queries=str(dev / "queries.jsonl"), dev_qrels=str(dev / "qrels.tsv"),
         min_dev_confidence=settings.min_dev_confidence, device=device, show_progress=settings.show_progress,

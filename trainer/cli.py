@@ -24,6 +24,12 @@ def _floats(value: str | None) -> tuple[float, ...]:
         raise click.BadParameter(f"expected comma-separated numbers like 1,0.5, got {value!r}")
 
 
+ATTENTION_DROPOUT = click.option(
+    "--attention-dropout", type=float, default=None,
+    help="Dropout on attention probabilities while training (default: the model's own). 0 lets the CPU's fused "
+         "attention kernel run: about half the step time for MiniLM on a CPU without bf16.")
+
+
 @click.command("train")
 @click.argument("train_data", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
@@ -39,6 +45,7 @@ def _floats(value: str | None) -> tuple[float, ...]:
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
 @click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping; 0 turns it off.")
 @click.option("--temperature", type=float, default=0.02, show_default=True, help="InfoNCE temperature (scale = 1/T).")
+@ATTENTION_DROPOUT
 @click.option("--matryoshka-dims", default=None, help=DIMS_HELP)
 @click.option("--matryoshka-weights", default=None, help="One weight per Matryoshka dim (default: all 1).")
 @click.option("--chunk-size", type=int, default=None,
@@ -109,6 +116,7 @@ def export_cmd(model, out_dir, max_length) -> None:
 @click.option("--negatives", "negatives_per_query", type=int, default=None, help="Hard negatives per query (default 3 on CPU, 7 on GPU).")
 @click.option("--lr", "learning_rate", type=float, default=2e-5, show_default=True)
 @click.option("--temperature", type=float, default=0.05, show_default=True, help="InfoNCE temperature.")
+@ATTENTION_DROPOUT
 @click.option("--matryoshka-dims", default=None, help=DIMS_HELP)
 @click.option("--max-length", type=int, default=None, help="Max tokens per text in training and in the export (default: the model's).")
 @click.option("--dev-queries", type=int, default=200, show_default=True, help="Held-out augmented queries for model selection.")

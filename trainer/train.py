@@ -69,6 +69,9 @@ class TrainSettings:
     matryoshka_weights: tuple[float, ...] = ()  # () = 1 for each dim
     chunk_size: int | None = None  # GradCache: sequences per forward; None = whole batch in one pass
     gradient_checkpointing: bool = False
+    # dropout on the attention probabilities while training; None = the model's own (MiniLM's 0.1). 0 lets
+    # the CPU's fused attention kernel run: half a MiniLM step on a 2-core AVX2 host (bench_train_step.py)
+    attention_dropout: float | None = None
     precision: str = "auto"  # auto = bf16 autocast on CUDA and native-bf16 CPUs, else fp32
     max_length: int | None = None  # truncation while training, and of the exported model; None = model's
     seed: int = 0
@@ -91,6 +94,8 @@ class TrainSettings:
             raise ValueError("batch_size, epochs, save_steps and eval_steps must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout}")
         if not 0.0 <= self.min_dev_confidence < 1.0:
             raise ValueError(f"min_dev_confidence must be in [0, 1), got {self.min_dev_confidence}")
         if self.precision not in PRECISIONS:
@@ -172,6 +177,8 @@ def train(settings: TrainSettings) -> TrainReport:
     model = encoder.model
     if settings.gradient_checkpointing:
         enable_activation_checkpointing(model)
+    if settings.attention_dropout is not None:
+        set_attention_dropout(model, settings.attention_dropout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(settings.warmup_steps, total_steps))
     autocast = _autocast(settings.precision, device)
@@ -237,6 +244,24 @@ def enable_activation_checkpointing(model: torch.nn.Module) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def set_attention_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set the dropout on attention probabilities (not on hidden states) to `p`; return how many
+    attention layers changed. Knows the two places transformers keeps it: an `attention_dropout`
+    float (Llama and most decoder models) and the `dropout` module of a `*SelfAttention` (BERT family)."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = p
+            changed += 1
+        elif type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None), torch.nn.Dropout):
+            module.dropout.p = p
+            changed += 1
+    if not changed:
+        raise ValueError(f"attention_dropout: found no attention dropout to set in {type(model).__name__}; "
+                         "leave attention_dropout unset for this model")
+    return changed
 
 
 def _check_examples(examples: list[TrainingExample], settings: TrainSettings) -> int:
