@@ -100,9 +100,9 @@ def ranks_of(queries: np.ndarray, docs: np.ndarray, targets: np.ndarray, chunk_r
 def _best(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The first k of each row by score descending, then id ascending.
 
-    Sorting whole rows cost 0.30 s per 256 queries over Vaswani's 11k documents, 14x the
-    matmul (benchmarks/bench_augment_steps.py): only the 2k best of a row are sorted, unless a tie at the k-th score reaches past
-    them (duplicate documents), when whole rows are.
+    Sorting whole rows cost 0.30 s per 256 queries over Vaswani's 11k documents, 14x the matmul
+    (benchmarks/bench_augment_steps.py): only the 2k best of a row are sorted, unless a tie at the
+    k-th score reaches past them (duplicate documents), when whole rows are.
     """
     wide = min(scores.shape[1], 2 * k)
     if wide < scores.shape[1]:
