@@ -71,7 +71,13 @@ def cls_copy(out: Path) -> Path:
 
 
 def files(root: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_size for p in root.rglob("*") if p.is_file() and p.parent.name != "readers"}
+    """Sizes of the files under `root` now, listed again if a file or folder vanishes mid-listing
+    (the build renames its temp files while we watch)."""
+    while True:
+        try:
+            return {str(p): p.stat().st_size for p in root.rglob("*") if p.is_file() and p.parent.name != "readers"}
+        except FileNotFoundError:
+            continue
 
 
 def timed_run(args: list[str], watch: Path) -> tuple[float, float]:
