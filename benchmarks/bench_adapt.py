@@ -77,6 +77,7 @@ def main() -> None:
                         help="AdaptSettings.llm_queries, for the source ablation (default: the device's)")
     parser.add_argument("--crops-per-passage", type=int, default=None,
                         help="AdaptSettings.crops_per_passage, for the source ablation (0: LLM queries only)")
+    parser.add_argument("--title-queries", action="store_true", help="AdaptSettings.title_queries, for the source arm")
     parser.add_argument("--seed", type=int, default=0, help="AdaptSettings.seed, for the spread between runs")
     parser.add_argument("--temperature", type=float, default=AdaptSettings.temperature,
                         help="AdaptSettings.temperature, for the training ablation")
@@ -104,7 +105,8 @@ def main() -> None:
     margin = None if args.margin_ratio.lower() == "none" else float(args.margin_ratio)
     report = adapt(AdaptSettings(corpus=str(data), model=args.model, output=str(out / "model"), index=str(index),
                                  margin_ratio=margin, llm_queries=args.llm_queries,
-                                 crops_per_passage=args.crops_per_passage, seed=args.seed,
+                                 crops_per_passage=args.crops_per_passage, title_queries=args.title_queries,
+                                 seed=args.seed,
                                  temperature=args.temperature, max_train_examples=args.max_train_examples,
                                  attention_dropout=args.attention_dropout))
     adapt_seconds = time.perf_counter() - started

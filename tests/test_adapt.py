@@ -49,7 +49,7 @@ def adapted(tmp_path_factory, minilm):
     build_index(BuildSettings(corpus=TINY, output=str(index), model=str(other), store_text=True, show_progress=False))
     before = _fingerprint(index)
     settings = AdaptSettings(corpus=TINY, model="minilm", output=str(root / "out"), index=str(index),
-                             learning_rate=5.0, **FAST)
+                             learning_rate=5.0, title_queries=True, **FAST)
     return settings, adapt(settings), before
 
 
@@ -68,7 +68,13 @@ def test_adapt_exports_a_loadable_model_and_refreshes_the_index(adapted, minilm)
     assert report.corpus_documents == 30 and report.crop_examples > 30  # several crops per passage
     assert len({json.loads(line)["positive_passages"][0]["docid"]
                 for line in (work / "crop.jsonl").read_text().splitlines()}) < report.crop_examples
-    assert report.train_examples + report.dev_queries <= report.mined["crop"]["examples"]
+    # titles of 3+ words (17 of the 30) are queries for their bodies, mixed with the crops
+    assert report.title_examples == 17 and report.mined["title"]["examples"] == 17
+    titles = [json.loads(line) for line in (work / "title.jsonl").read_text().splitlines()]
+    assert all(t["positive_passages"][0]["title"] == "" for t in titles)
+    mixed = [json.loads(line)["query_id"] for line in (work / "mix.jsonl").read_text().splitlines()]
+    assert sum(q.startswith("title:") for q in mixed) == 17 and sum(q.startswith("crop:") for q in mixed) > 17
+    assert report.train_examples + report.dev_queries <= report.mined["crop"]["examples"] + 17
     assert report.dev_queries == 4
     # the dev set is carved from augmented data: its queries are cropped sentences, never the collection's
     dev_queries = [json.loads(line)["text"] for line in (work / "dev" / "queries.jsonl").read_text().splitlines()]
@@ -100,7 +106,7 @@ def test_rerun_reuses_finished_steps_and_resumes_an_interrupted_one(adapted):
     stamps = {p: p.stat().st_mtime_ns for p in (work / "crop.jsonl", work / "mined-crop.jsonl", work / "train.jsonl",
                                                work / "train" / "report.json", Path(settings.output, "model.safetensors"))}
     again = adapt(settings)
-    assert {"crop", "mine-crop", "mix", "train", "export", "refresh"} <= set(again.skipped)
+    assert {"crop", "titles", "mine-crop", "mine-title", "mix", "train", "export", "refresh"} <= set(again.skipped)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert IndexDir(settings.index).latest() == 2
 
@@ -230,6 +236,9 @@ def test_mix_plan_takes_every_llm_query_when_the_sources_overflow():
     assert mix_plan({"crop": 3070}, 1400) == {"crop": 3070}  # crops alone: the split takes the first 1,400
     assert mix_plan({"crop": 3070, "llm": 0}, 1400) == {"crop": 3070, "llm": 0}
     assert mix_plan({"crop": 50, "llm": 2000}, 1400) == {"crop": 0, "llm": 1400}
+    # the sources other than LLM queries share what is left in proportion to their sizes
+    assert mix_plan({"crop": 3000, "title": 1000, "llm": 200}, 1400) == {"crop": 900, "title": 300, "llm": 200}
+    assert mix_plan({"crop": 3000, "title": 1000}, 1400) == {"crop": 3000, "title": 1000}  # the split takes 1,400
 
 
 def test_an_overflowing_mix_trains_on_every_llm_query_outside_the_dev_set(tmp_path):

@@ -1,4 +1,4 @@
-"""Cropped-sentence queries and hard-negative mining, checked against hand and numpy computations."""
+"""Cropped-sentence and title queries and hard-negative mining, checked against hand and numpy computations."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ import pytest
 from trainer.augment.crop import CropConfig, crop_corpus, crop_passage, crop_queries, split_sentences, word_windows
 from trainer.augment.mining import MiningConfig, mine_batch, mine_negatives, select_negatives
 from trainer.augment.retrieval import DenseCorpus, ranks_of, top_k
+from trainer.augment.titles import title_example, title_queries
 from trainer.data import Passage, TrainingExample, read_examples
 
 PASSAGES = [
@@ -78,6 +79,17 @@ def test_text_without_punctuation_is_cropped_by_word_windows():
     for example in examples:
         rest = example.positives[0].text.split()
         assert example.query not in example.positives[0].text and len(rest) + len(example.query.split()) == 37
+
+
+def test_title_queries_pair_a_title_with_its_body_only():
+    examples = list(title_queries(PASSAGES + [Passage("p5", "  Lunar   tidal forces ", "The moon pulls the sea."),
+                                              Passage("p6", "Too short", "A body long enough to train on.")]))
+    assert [e.query_id for e in examples] == ["p5-title"]  # "Rain", "Tides", "Too short": under 3 words; no title
+    (example,) = examples
+    assert example.query == "Lunar tidal forces"  # whitespace normalized
+    assert example.positives == [Passage("p5", "", "The moon pulls the sea.")] and example.negatives == []
+    assert title_example(Passage("p7", "A title with words", "Two words."), min_words=3) is None  # body too short
+    assert title_example(PASSAGES[4], min_words=1).positives[0].title == ""  # never the title in its own positive
 
 
 def test_crop_corpus_writes_tevatron(tmp_path):

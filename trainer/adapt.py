@@ -5,8 +5,9 @@ The whole DRAMA-style loop, composed from the trainer's parts (nothing here re-i
     1 index   a dramasearch index of CORPUS with the starting model, for mining: --index itself when
               it is one, else built in the work folder (build_index; a rerun reuses it)
     2 augment cropped-sentence queries (crop.py, inverse-cloze style: the sentence is removed from
-              its positive, so the model learns context, not string matching); optionally LLM
-              queries (queries.py, round-trip filtered)
+              its positive, so the model learns context, not string matching); optionally title
+              queries (titles.py: a title is a query for its body) and LLM queries (queries.py,
+              round-trip filtered)
     3 mine    hard negatives from a rank window of the index's own vectors, with the relative-margin
               filter against false negatives (mining.py)
     4 mix     the sources mixed (mix.py; every LLM query when the sources overflow the cap, see
@@ -53,9 +54,10 @@ from dramasearch.matryoshka import prepare
 
 from .augment.crop import CropConfig, crop_passage
 from .augment.mining import MiningConfig, mine_batch
-from .augment.mix import MixSource, mix_examples
+from .augment.mix import MixSource, mix_counts, mix_examples
 from .augment.resume import ResumableOutput, progress_path, run_batches
 from .augment.retrieval import DenseCorpus
+from .augment.titles import title_queries
 from .data import Passage, TrainingExample, read_examples
 
 WIDE_WINDOW = (30, 50)  # DRAMA's negative ranks, for corpora of at least SMALL_CORPUS documents
@@ -95,6 +97,7 @@ class AdaptSettings:
     llm_queries: int | None = None  # passages to write LLM queries for; None: 0 on CPU, 2000 on GPU
     llm: str = "smollm2"  # causal LM for queries: "smollm2", a .gguf, a folder or a hub id
     crops_per_passage: int | None = None  # None: 1, more for a corpus too small to fill the cap; 0: no crops
+    title_queries: bool = False  # each document's title as a query for its body (no-op without titles)
     negative_ranks: tuple[int, int] | None = None  # None: (30, 50), scaled down for corpora under 100 docs
     margin_ratio: float | None = 0.95  # drop negatives scoring above this x the positive's score
     max_train_examples: int | None = None  # None: 1,200 on CPU, 20,000 on GPU
@@ -189,6 +192,7 @@ class AdaptReport:
     seconds: dict[str, float] = field(default_factory=dict)  # per step, this run
     corpus_documents: int = 0
     crop_examples: int = 0
+    title_examples: int = 0
     llm_examples: int = 0
     mined: dict[str, dict[str, int]] = field(default_factory=dict)  # per source: examples, drop counts
     negative_ranks: tuple[int, int] = WIDE_WINDOW
@@ -217,6 +221,7 @@ class AdaptReport:
     def summary(self) -> str:
         lines = [
             f"corpus: {self.corpus_documents} documents; augmented: {self.crop_examples} cropped-sentence queries"
+            + (f", {self.title_examples} title queries" if self.title_examples else "")
             + (f", {self.llm_examples} LLM queries" if self.llm_examples else ""),
             "mined (negative ranks {}-{}): {}".format(*self.negative_ranks, "; ".join(
                 f"{k}: {v.get('examples', 0)} kept, {v.get('dropped_by_margin', 0)} negatives dropped by the margin, "
@@ -265,6 +270,10 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
     cap = _or(settings.max_train_examples, defaults.max_train_examples)
     with _timed(report, "augment", side):
         sources = {"crop": _crop(settings, cap + settings.dev_queries, corpus, side, work / "crop.jsonl", report)}
+        if settings.title_queries:
+            report.title_examples = _count(_titles(corpus, side, work / "title.jsonl", report))
+            if report.title_examples:  # a corpus without titles mixes exactly as crops alone
+                sources["title"] = work / "title.jsonl"
         llm_passages = _or(settings.llm_queries, defaults.llm_passages)
         if llm_passages:
             sources["llm"] = _llm_queries(settings, corpus, side, llm_passages, work / "llm.jsonl", device,
@@ -407,6 +416,17 @@ def _crop(settings: AdaptSettings, wanted: int, corpus: str, side: MiningSide, o
     return out
 
 
+def _titles(corpus: str, side: MiningSide, out: Path, report: AdaptReport) -> Path:
+    output = ResumableOutput(out, {"step": "titles", "corpus": corpus, "min_words": 3})
+    if output.progress.finished:
+        report.skipped.append("titles")
+    else:
+        passages = side.dense().passages
+        run_batches(output, passages, lambda _, batch: (list(title_queries(batch)), {}), batch_size=1000,
+                    total=len(passages), desc="titles")
+    return out
+
+
 def _llm_queries(settings: AdaptSettings, corpus: str, side: MiningSide, passages: int, out: Path, device: str,
                  batch_size: int, report: AdaptReport) -> Path:
     from .augment.queries import QueryGenConfig, generate_queries
@@ -487,12 +507,17 @@ def mix_plan(sizes: dict[str, int], budget: int) -> dict[str, int]:
 
     In proportion to size, LLM queries were 77 of 1,200 trained pairs on Vaswani, while on Cranfield,
     where all 161 fit, they tripled the gain (RESULTS §13.6). So when the sources overflow the budget,
-    every LLM query goes in and crops fill the rest; otherwise all of every source, shuffled together
-    (crops alone: as before this rule). Vaswani with every LLM query in still gained nothing (§13.9)."""
+    every LLM query goes in and the other sources fill the rest in proportion to their sizes; otherwise
+    all of every source, shuffled together (crops alone: as before this rule). Vaswani with every LLM
+    query in still gained nothing (§13.9)."""
     if sum(sizes.values()) <= budget or not sizes.get("llm"):
         return dict(sizes)
     llm = min(sizes["llm"], budget)
-    return {"crop": min(sizes.get("crop", 0), budget - llm), "llm": llm}
+    others = {k: v for k, v in sizes.items() if k != "llm"}
+    counts = list(others.values())
+    if sum(counts) > budget - llm:
+        counts = mix_counts(counts, counts, budget - llm)
+    return {**dict(zip(others, counts)), "llm": llm}
 
 
 def _write_dev_set(folder: Path, dense: DenseCorpus, dev: list[TrainingExample], size: int, seed: int) -> int:

@@ -109,6 +109,8 @@ def export_cmd(model, out_dir, max_length) -> None:
 @click.option("--crops-per-passage", type=int, default=None,
               help="Cropped-sentence queries per passage (default: 1, more for a small corpus; 0: none, "
                    "LLM queries only).")
+@click.option("--title-queries/--no-title-queries", default=False, show_default=True,
+              help="Also use each document's title as a query for its body (nothing for documents without one).")
 @click.option("--llm", default="smollm2", show_default=True, help="Causal LM for --llm-queries: smollm2, a .gguf, a folder or hub id.")
 @click.option("--max-train-examples", type=int, default=None, help="Cap on training pairs (default 1200 on CPU, 20000 on GPU).")
 @click.option("--max-steps", type=int, default=None, help="Training steps (default: one pass over the training pairs).")
