@@ -76,7 +76,7 @@ def test_adapt_exports_a_loadable_model_and_refreshes_the_index(adapted, minilm)
     assert sum(q.startswith("title:") for q in mixed) == 17 and sum(q.startswith("crop:") for q in mixed) > 17
     assert report.train_examples + report.dev_queries <= report.mined["crop"]["examples"] + 17
     assert report.dev_queries == 4
-    # the dev set is carved from augmented data: its queries are cropped sentences, never the collection's
+    # the dev set is carved from augmented data: its queries are crops and titles, never the collection's
     dev_queries = [json.loads(line)["text"] for line in (work / "dev" / "queries.jsonl").read_text().splitlines()]
     collection = [json.loads(line)["text"] for line in Path(TINY, "queries.jsonl").read_text().splitlines()]
     assert not set(dev_queries) & set(collection)

@@ -57,7 +57,7 @@ from .augment.mining import MiningConfig, mine_batch
 from .augment.mix import MixSource, mix_counts, mix_examples
 from .augment.resume import ResumableOutput, progress_path, run_batches
 from .augment.retrieval import DenseCorpus
-from .augment.titles import title_queries
+from .augment.titles import MIN_WORDS as TITLE_MIN_WORDS, title_queries
 from .data import Passage, TrainingExample, read_examples
 
 WIDE_WINDOW = (30, 50)  # DRAMA's negative ranks, for corpora of at least SMALL_CORPUS documents
@@ -417,7 +417,7 @@ def _crop(settings: AdaptSettings, wanted: int, corpus: str, side: MiningSide, o
 
 
 def _titles(corpus: str, side: MiningSide, out: Path, report: AdaptReport) -> Path:
-    output = ResumableOutput(out, {"step": "titles", "corpus": corpus, "min_words": 3})
+    output = ResumableOutput(out, {"step": "titles", "corpus": corpus, "min_words": TITLE_MIN_WORDS})
     if output.progress.finished:
         report.skipped.append("titles")
     else:

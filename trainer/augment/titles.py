@@ -12,8 +12,10 @@ from typing import Iterable, Iterator
 
 from ..data import Passage, TrainingExample
 
+MIN_WORDS = 3  # a shorter title ("Rain", "Tides") names a topic, not a query
 
-def title_example(passage: Passage, min_words: int = 3) -> TrainingExample | None:
+
+def title_example(passage: Passage, min_words: int = MIN_WORDS) -> TrainingExample | None:
     """The (title, body) pair of one passage, or None when either is too short to train on."""
     title = " ".join(passage.title.split())
     if len(title.split()) < min_words or len(passage.text.split()) < min_words:
@@ -21,7 +23,7 @@ def title_example(passage: Passage, min_words: int = 3) -> TrainingExample | Non
     return TrainingExample(f"{passage.docid}-title", title, [Passage(passage.docid, "", passage.text)], [])
 
 
-def title_queries(passages: Iterable[Passage], min_words: int = 3) -> Iterator[TrainingExample]:
+def title_queries(passages: Iterable[Passage], min_words: int = MIN_WORDS) -> Iterator[TrainingExample]:
     for passage in passages:
         example = title_example(passage, min_words)
         if example is not None:
