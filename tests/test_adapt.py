@@ -147,6 +147,7 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
     assert isinstance(result.exception, UsageError) and "batch_size" in str(result.exception)
     result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"), "--crops-per-passage", "0"])
     assert isinstance(result.exception, UsageError) and "--llm-queries" in str(result.exception)
+    AdaptSettings(corpus=TINY, model="minilm", output=str(tmp_path / "o"), crops_per_passage=0, title_queries=True).check()
     result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"),
                                             "--min-dev-confidence", "1"])
     assert isinstance(result.exception, UsageError) and "min_dev_confidence" in str(result.exception)

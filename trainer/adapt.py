@@ -138,9 +138,9 @@ class AdaptSettings:
         validate.check_device(self.device)
         validate.optional_integer("llm_queries", self.llm_queries, minimum=0)
         validate.optional_integer("crops_per_passage", self.crops_per_passage, minimum=0)
-        if self.crops_per_passage == 0 and not self.llm_queries:
+        if self.crops_per_passage == 0 and not self.llm_queries and not self.title_queries:
             raise UsageError("crops_per_passage", "0 turns cropped queries off, which leaves no training data "
-                                                  "unless --llm-queries N is given too")
+                                                  "unless --llm-queries N or --title-queries is given too")
         for name in ("max_train_examples", "max_steps", "batch_size", "max_length"):
             validate.optional_integer(name, getattr(self, name))
         validate.optional_integer("negatives_per_query", self.negatives_per_query, minimum=0)

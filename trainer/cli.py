@@ -107,8 +107,8 @@ def export_cmd(model, out_dir, max_length) -> None:
               help="Passages to write LLM queries for (SmolLM2-135M by default). Default 0 on CPU, where it takes "
                    "~9 s per passage; 2000 on a GPU.")
 @click.option("--crops-per-passage", type=int, default=None,
-              help="Cropped-sentence queries per passage (default: 1, more for a small corpus; 0: none, "
-                   "LLM queries only).")
+              help="Cropped-sentence queries per passage (default: 1, more for a small corpus; 0: none; "
+                   "then give --llm-queries or --title-queries).")
 @click.option("--title-queries/--no-title-queries", default=False, show_default=True,
               help="Also use each document's title as a query for its body (nothing for documents without one).")
 @click.option("--llm", default="smollm2", show_default=True, help="Causal LM for --llm-queries: smollm2, a .gguf, a folder or hub id.")

@@ -17,10 +17,10 @@ MIN_WORDS = 3  # a shorter title ("Rain", "Tides") names a topic, not a query
 
 def title_example(passage: Passage, min_words: int = MIN_WORDS) -> TrainingExample | None:
     """The (title, body) pair of one passage, or None when either is too short to train on."""
-    title = " ".join(passage.title.split())
-    if len(title.split()) < min_words or len(passage.text.split()) < min_words:
+    words = passage.title.split()
+    if len(words) < min_words or len(passage.text.split()) < min_words:
         return None
-    return TrainingExample(f"{passage.docid}-title", title, [Passage(passage.docid, "", passage.text)], [])
+    return TrainingExample(f"{passage.docid}-title", " ".join(words), [Passage(passage.docid, "", passage.text)], [])
 
 
 def title_queries(passages: Iterable[Passage], min_words: int = MIN_WORDS) -> Iterator[TrainingExample]:
