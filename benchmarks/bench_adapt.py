@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--crops-per-passage", type=int, default=None,
                         help="AdaptSettings.crops_per_passage, for the source ablation (0: LLM queries only)")
     parser.add_argument("--title-queries", action="store_true", help="AdaptSettings.title_queries, for the source arm")
+    parser.add_argument("--hard-queries-first", action="store_true",
+                        help="AdaptSettings.hard_queries_first, for the query-selection arm")
     parser.add_argument("--seed", type=int, default=0, help="AdaptSettings.seed, for the spread between runs")
     parser.add_argument("--temperature", type=float, default=AdaptSettings.temperature,
                         help="AdaptSettings.temperature, for the training ablation")
@@ -106,6 +108,7 @@ def main() -> None:
     report = adapt(AdaptSettings(corpus=str(data), model=args.model, output=str(out / "model"), index=str(index),
                                  margin_ratio=margin, llm_queries=args.llm_queries,
                                  crops_per_passage=args.crops_per_passage, title_queries=args.title_queries,
+                                 hard_queries_first=args.hard_queries_first,
                                  seed=args.seed,
                                  temperature=args.temperature, max_train_examples=args.max_train_examples,
                                  attention_dropout=args.attention_dropout))

@@ -271,6 +271,35 @@ def test_an_overflowing_mix_trains_on_every_llm_query_outside_the_dev_set(tmp_pa
     assert counts["dev"] == 4 and counts["train"] == len(train) == len(outside_dev)
 
 
+@pytest.mark.parametrize("hard_first", [False, True])
+def test_hard_queries_first_fills_an_overflowing_mix_with_ranks_2_to_20(tmp_path, hard_first):
+    """60 crops over a budget of 20 + 4 dev queries; the 30 even ones were mined at rank 1, the odd ones at 5."""
+    from types import SimpleNamespace
+
+    from trainer.adapt import AdaptReport, _mix_and_split
+    from trainer.augment.retrieval import DenseCorpus
+    from trainer.data import Passage, TrainingExample, read_examples, write_examples
+
+    passages = [Passage(f"d{i}", "", f"document {i}") for i in range(60)]
+    write_examples(tmp_path / "mined-crop.jsonl", [TrainingExample(f"c{i}", f"crop {i}", [p], [passages[59]],
+                                                                   mined_rank=1 if i % 2 == 0 else 5)
+                                                   for i, p in enumerate(passages)])
+    side = SimpleNamespace(dense=lambda: DenseCorpus(passages, np.zeros((60, 2), dtype=np.float32)))
+    settings = AdaptSettings(corpus="c", model="m", output=str(tmp_path / "out"), dev_queries=4, dev_corpus_size=10,
+                             hard_queries_first=hard_first)
+    report = AdaptReport("out", str(tmp_path), "cpu")
+    counts = _mix_and_split(settings, side, {"crop": tmp_path / "mined-crop.jsonl"}, tmp_path, 20, report)
+
+    mix = list(read_examples(tmp_path / "mix.jsonl"))
+    train = list(read_examples(tmp_path / "train.jsonl"))
+    informative = sum(e.mined_rank == 5 for e in train)
+    assert counts["train_informative"] == informative
+    if hard_first:  # a crops-only mix takes 24 examples: all 30 informative ones compete for them, no rank-1 one
+        assert len(mix) == 24 and all(e.mined_rank == 5 for e in mix) and informative == len(train) == 20
+    else:  # all 60 shuffled, the split keeps the first 24: about half informative
+        assert len(mix) == 60 and 0 < informative < len(train) == 20
+
+
 def _trained(model_dir: Path, baseline_kept: bool, baseline_per_query: list[float]):
     """What adapt's export reads of a TrainReport: which checkpoint won and the baseline's dev scores."""
     from trainer.train import TrainReport

@@ -156,6 +156,8 @@ def test_mine_batch_matches_numpy(minilm):
         TrainingExample("b", "what makes ocean tides", [Passage("new", "", "The moon's pull raises tides.")], []),
         # A cropped positive: the corpus docid with edited text is encoded as edited, and still never a negative.
         TrainingExample("c", "what does heavy rain cause", [Passage("p0", "Rain", "Clouds release them as rain.")], []),
+        # A positive the retriever misses: the tides passage outranks it.
+        TrainingExample("d", "the gravity of the moon", [Passage("p0", "", "Heavy rain can cause floods in low valleys.")], []),
     ]
     config = MiningConfig(negative_ranks=(2, 12), margin_ratio=0.9, top_positives=0)
     mined, counts = mine_batch(minilm, corpus, examples, config)
@@ -168,6 +170,12 @@ def test_mine_batch_matches_numpy(minilm):
                     if corpus_passages[j].docid != example.positives[0].docid and scores[j] <= 0.9 * positive.min()]
         assert out.positives == example.positives  # given positives kept, old negatives replaced
         assert out.negatives == expected
+        # the positive's rank among the other documents of the mined depth, scored as given (cropped)
+        above = [j for j in order[:12] if corpus_passages[j].docid != example.positives[0].docid and scores[j] > positive.min()]
+        assert out.mined_rank == 1 + len(above)
+    assert mined[0].mined_rank == 1  # "why does it rain": its own passage, verbatim in the corpus
+    assert mined[3].mined_rank > 1
+    assert counts["positive_rank_1"] + counts["positive_rank_2_20"] + counts["positive_rank_over_20"] == len(mined)
     assert counts["no_positive"] == 0
     # Queries without positives take the retriever's top ranks.
     (labelled,), _ = mine_batch(minilm, corpus, [TrainingExample("c", "violin strings", [], [])], MiningConfig(top_positives=2, negative_ranks=(3, 6)))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.augment.mix import MixSource, mix_counts, mix_examples
+from trainer.augment.mix import MixSource, informative_first, mix_counts, mix_examples
 from trainer.data import Passage, TrainingExample, read_examples, write_examples
 
 
@@ -50,3 +50,20 @@ def test_mix_examples(tmp_path):
     assert sum(i.endswith("#3") for i in gen) == 2
     with pytest.raises(ValueError, match="labels must differ"):
         mix_examples([MixSource(a, 1), MixSource(a, 1)], tmp_path / "x.jsonl")
+
+
+def test_informative_first_takes_ranks_2_to_20_then_rank_1_then_the_rest(tmp_path):
+    ranks = [1, 25, 2, None, 20, 1, 7, 21, 1]
+    examples = [TrainingExample(f"q{i}", "q", [Passage(f"d{i}", "", "t")], [], mined_rank=r) for i, r in enumerate(ranks)]
+    picked = informative_first(examples, 6, seed=3)
+    assert sorted(e.mined_rank for e in picked[:3]) == [2, 7, 20]
+    assert [e.mined_rank for e in picked[3:]] == [1, 1, 1]
+    assert {e.mined_rank for e in informative_first(examples, 9)[6:]} == {25, None, 21}
+    # seeded within a tier: another seed can order the informative ones differently, never pick others
+    orders = {tuple(e.query_id for e in informative_first(examples, 3, seed=s)) for s in range(20)}
+    assert len(orders) > 1 and all(set(o) == {"q2", "q4", "q6"} for o in orders)
+    # the mix keeps the rank, so adapt can count what it trains on
+    path = tmp_path / "mined.jsonl"
+    write_examples(path, examples)
+    mix_examples([MixSource(path, 1.0, "crop")], tmp_path / "mix.jsonl")
+    assert sorted(map(str, (e.mined_rank for e in read_examples(tmp_path / "mix.jsonl")))) == sorted(map(str, ranks))

@@ -44,6 +44,16 @@ def test_reads_tevatron_variants(tmp_path):
     assert list(read_examples(path)) == [TrainingExample("7", "q", [Passage("3", "", "t")], [])]
 
 
+def test_mined_rank_is_an_extra_key_only_when_set(tmp_path):
+    """Mining's rank of the positive travels with the example; files without it read as before."""
+    path = tmp_path / "mined.jsonl"
+    ranked = TrainingExample("q", "rain", [Passage("d1", "", "t")], [], mined_rank=4)
+    write_examples(path, [ranked, _examples()[0]])
+    first, second = path.read_text(encoding="utf-8").splitlines()
+    assert json.loads(first)["mined_rank"] == 4 and "mined_rank" not in json.loads(second)
+    assert list(read_examples(path)) == [ranked, _examples()[0]]
+
+
 @pytest.mark.parametrize(
     "record, line_field, words",
     [
@@ -58,6 +68,10 @@ def test_reads_tevatron_variants(tmp_path):
         ({"query_id": "1", "query": "q", "positive_passages": [{"docid": "a", "text": "t"}],
           "negative_passages": [{"docid": "b", "title": 3, "text": "t"}]}, "negative_passages[0].title", "expected a string"),
         ({"query_id": "1", "query": "q", "positive_passages": [{"docid": "a"}]}, "positive_passages[0].text", "missing"),
+        ({"query_id": "1", "query": "q", "positive_passages": [{"docid": "a", "text": "t"}], "mined_rank": 0},
+         "mined_rank", "integer >= 1"),
+        ({"query_id": "1", "query": "q", "positive_passages": [{"docid": "a", "text": "t"}], "mined_rank": "2"},
+         "mined_rank", "integer >= 1"),
     ],
 )
 def test_bad_records_name_file_line_field(tmp_path, record, line_field, words):

@@ -54,11 +54,11 @@ from dramasearch.matryoshka import prepare
 
 from .augment.crop import CropConfig, crop_passage
 from .augment.mining import MiningConfig, mine_batch
-from .augment.mix import MixSource, mix_counts, mix_examples
+from .augment.mix import INFORMATIVE_RANKS, MixSource, informative_first, mix_counts, mix_examples
 from .augment.resume import ResumableOutput, progress_path, run_batches
 from .augment.retrieval import DenseCorpus
 from .augment.titles import MIN_WORDS as TITLE_MIN_WORDS, title_queries
-from .data import Passage, TrainingExample, read_examples
+from .data import Passage, TrainingExample, read_examples, write_examples
 
 WIDE_WINDOW = (30, 50)  # DRAMA's negative ranks, for corpora of at least SMALL_CORPUS documents
 SMALL_CORPUS = 100
@@ -98,6 +98,9 @@ class AdaptSettings:
     llm: str = "smollm2"  # causal LM for queries: "smollm2", a .gguf, a folder or a hub id
     crops_per_passage: int | None = None  # None: 1, more for a corpus too small to fill the cap; 0: no crops
     title_queries: bool = False  # each document's title as a query for its body (no-op without titles)
+    # when a source overflows the mix, keep first the queries whose positive the starting model ranks
+    # 2-20 (INFORMATIVE_RANKS), not a random subset: a query it already answers at rank 1 teaches little
+    hard_queries_first: bool = False
     negative_ranks: tuple[int, int] | None = None  # None: (30, 50), scaled down for corpora under 100 docs
     margin_ratio: float | None = 0.95  # drop negatives scoring above this x the positive's score
     max_train_examples: int | None = None  # None: 1,200 on CPU, 20,000 on GPU
@@ -197,6 +200,7 @@ class AdaptReport:
     mined: dict[str, dict[str, int]] = field(default_factory=dict)  # per source: examples, drop counts
     negative_ranks: tuple[int, int] = WIDE_WINDOW
     train_examples: int = 0
+    train_informative: int = 0  # of them, mined at INFORMATIVE_RANKS
     dev_queries: int = 0
     dev_documents: int = 0
     steps: int = 0
@@ -226,7 +230,8 @@ class AdaptReport:
             "mined (negative ranks {}-{}): {}".format(*self.negative_ranks, "; ".join(
                 f"{k}: {v.get('examples', 0)} kept, {v.get('dropped_by_margin', 0)} negatives dropped by the margin, "
                 f"{v.get('dropped_few_negatives', 0)} queries without enough negatives" for k, v in self.mined.items())),
-            f"training: {self.train_examples} examples, {self.steps} steps of batch {self.batch_size} "
+            f"training: {self.train_examples} examples ({self.train_informative} with the positive mined at ranks "
+            f"{INFORMATIVE_RANKS[0]}-{INFORMATIVE_RANKS[1]}), {self.steps} steps of batch {self.batch_size} "
             f"with {self.negatives_per_query} hard negatives; dev: {self.dev_queries} held-out queries over "
             f"{self.dev_documents} documents",
         ]
@@ -290,6 +295,7 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
     with _timed(report, "mix", side):
         split = _mix_and_split(settings, side, mined, work, cap, report)
     report.train_examples, report.dev_queries, report.dev_documents = split["train"], split["dev"], split["dev_documents"]
+    report.train_informative = split.get("train_informative", 0)
     side.release()
 
     with _timed(report, "train"):
@@ -466,7 +472,8 @@ def _mix_and_split(settings: AdaptSettings, side: MiningSide, mined: dict[str, P
     corpus (held-out documents as their positives read, their negatives, random others) and train.jsonl."""
     out = work / "train.jsonl"
     config = {"step": "mix", "sources": {k: str(v.resolve()) for k, v in mined.items()}, "cap": cap,
-              "dev_queries": settings.dev_queries, "dev_corpus_size": settings.dev_corpus_size, "seed": settings.seed}
+              "dev_queries": settings.dev_queries, "dev_corpus_size": settings.dev_corpus_size, "seed": settings.seed,
+              "hard_queries_first": settings.hard_queries_first}
     output = ResumableOutput(out, config)
     if output.progress.inputs_done:  # written in one commit: a crash before finish() lost nothing
         output.finish()
@@ -476,8 +483,17 @@ def _mix_and_split(settings: AdaptSettings, side: MiningSide, mined: dict[str, P
     if not sum(sizes.values()):
         raise UsageError("corpus", f"{settings.corpus}: no training example survived mining; the corpus is too small "
                                    "or its documents have no sentences of 4-64 words")
-    counts = mix_plan(sizes, cap + settings.dev_queries)
-    mix_examples([MixSource(mined[k], counts[k], k) for k in mined if counts[k]], work / "mix.jsonl", seed=settings.seed)
+    budget = cap + settings.dev_queries
+    counts = mix_plan(sizes, budget)
+    sources = dict(mined)
+    if settings.hard_queries_first:  # cut to the budget here, each source keeping its most informative queries
+        if sum(counts.values()) > budget:
+            counts = dict(zip(counts, mix_counts(list(counts.values()), list(counts.values()), budget)))
+        for k in sources:
+            if 0 < counts[k] < sizes[k]:
+                sources[k] = work / f"informative-{k}.jsonl"
+                write_examples(sources[k], informative_first(list(read_examples(mined[k])), counts[k], seed=settings.seed))
+    mix_examples([MixSource(sources[k], counts[k], k) for k in sources if counts[k]], work / "mix.jsonl", seed=settings.seed)
     mixed = list(read_examples(work / "mix.jsonl"))
     if len(mixed) < MIN_EXAMPLES:
         raise UsageError("corpus", f"{settings.corpus}: only {len(mixed)} training examples survived mining, fewer "
@@ -496,7 +512,9 @@ def _mix_and_split(settings: AdaptSettings, side: MiningSide, mined: dict[str, P
     held = {id(e) for e in dev}
     train = [e for e in mixed if id(e) not in held and not dev_docids & {p.docid for p in e.positives}][:cap]
     dev_documents = _write_dev_set(work / "dev", side.dense(), dev, settings.dev_corpus_size, settings.seed)
-    counts = {"train": len(train), "dev": len(dev), "dev_documents": dev_documents}
+    lo, hi = INFORMATIVE_RANKS
+    informative = sum(1 for e in train if e.mined_rank is not None and lo <= e.mined_rank <= hi)
+    counts = {"train": len(train), "dev": len(dev), "dev_documents": dev_documents, "train_informative": informative}
     output.commit(len(mixed), train, counts)
     output.finish()
     return counts

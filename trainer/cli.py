@@ -111,6 +111,9 @@ def export_cmd(model, out_dir, max_length) -> None:
                    "then give --llm-queries or --title-queries).")
 @click.option("--title-queries/--no-title-queries", default=False, show_default=True,
               help="Also use each document's title as a query for its body (nothing for documents without one).")
+@click.option("--hard-queries-first/--random-queries", "hard_queries_first", default=False, show_default=True,
+              help="When there are more augmented queries than the cap, keep first those whose document the starting "
+                   "model ranks 2nd-20th (a query it already answers at rank 1 teaches little), not a random share.")
 @click.option("--llm", default="smollm2", show_default=True, help="Causal LM for --llm-queries: smollm2, a .gguf, a folder or hub id.")
 @click.option("--max-train-examples", type=int, default=None, help="Cap on training pairs (default 1200 on CPU, 20000 on GPU).")
 @click.option("--max-steps", type=int, default=None, help="Training steps (default: one pass over the training pairs).")

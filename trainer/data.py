@@ -34,16 +34,22 @@ class TrainingExample:
     query: str
     positives: list[Passage]
     negatives: list[Passage] = field(default_factory=list)
+    # Set by mining: the retriever's rank for the positive among the corpus's other documents (1 = it
+    # already wins; depth + 1 = below the mined depth). Lets adapt prefer queries that still teach.
+    mined_rank: int | None = None
 
 
 def example_to_json(example: TrainingExample) -> dict[str, Any]:
     """The Tevatron record of an example (key order fixed, so equal examples give equal lines)."""
-    return {
+    record: dict[str, Any] = {
         "query_id": example.query_id,
         "query": example.query,
         "positive_passages": [_passage_json(p) for p in example.positives],
         "negative_passages": [_passage_json(p) for p in example.negatives],
     }
+    if example.mined_rank is not None:  # an extra key, which Tevatron's readers ignore
+        record["mined_rank"] = example.mined_rank
+    return record
 
 
 def example_line(example: TrainingExample) -> str:
@@ -61,7 +67,10 @@ def example_from_json(record: dict[str, Any], path: str | Path = "<record>", lin
     if not positives:
         raise InputError(path, line, "positive_passages", "empty; every training example needs at least one positive")
     negatives = _passages(record, "negative_passages", path, line, required=False)
-    return TrainingExample(query_id, query, positives, negatives)
+    mined_rank = record.get("mined_rank")
+    if mined_rank is not None and (not isinstance(mined_rank, int) or isinstance(mined_rank, bool) or mined_rank < 1):
+        raise InputError(path, line, "mined_rank", f"expected an integer >= 1, got {mined_rank!r:.40}")
+    return TrainingExample(query_id, query, positives, negatives, mined_rank)
 
 
 def read_examples(path: str | Path) -> Iterator[TrainingExample]:

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+import bisect
+
 import numpy as np
 
 from dramasearch.encoder import Encoder
@@ -17,6 +19,11 @@ from dramasearch.encoder import Encoder
 from ..data import Passage, TrainingExample, read_examples_or_queries
 from .resume import Progress, ResumableOutput, run_batches
 from .retrieval import DenseCorpus, load_passages, top_k
+
+
+# Kept examples are counted by the positive's rank (reported by adapt): 1, 2-20, deeper.
+RANK_BAND_ENDS = (1, 20)
+RANK_BANDS = ("positive_rank_1", "positive_rank_2_20", "positive_rank_over_20")
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ def mine_batch(
     # example: on a GPU a call for one passage is mostly launch overhead (RESULTS §13.14).
     vectors = corpus.passage_vectors(encoder, [p for positives in positives_of for p in positives], config.dim)
     vectors_of = np.split(vectors, np.cumsum([len(positives) for positives in positives_of])[:-1])
-    out, counts = [], {"dropped_by_margin": 0, "dropped_few_negatives": 0, "no_positive": 0}
+    out, counts = [], {"dropped_by_margin": 0, "dropped_few_negatives": 0, "no_positive": 0, **dict.fromkeys(RANK_BANDS, 0)}
     for i, (example, positives, positive_vectors) in enumerate(zip(examples, positives_of, vectors_of)):
         if not positives:
             counts["no_positive"] += 1
@@ -93,8 +100,18 @@ def mine_batch(
         if len(negatives) < config.min_negatives:
             counts["dropped_few_negatives"] += 1
             continue
-        out.append(TrainingExample(example.query_id, example.query, positives, [corpus.passages[r] for r in negatives]))
+        rank = positive_rank(ranked[i], scores[i], positive_rows, positive_score)
+        counts[RANK_BANDS[bisect.bisect_left(RANK_BAND_ENDS, rank)]] += 1
+        out.append(TrainingExample(example.query_id, example.query, positives,
+                                   [corpus.passages[r] for r in negatives], mined_rank=rank))
     return out, counts
+
+
+def positive_rank(ranked: Sequence[int], scores: Sequence[float], positives: set[int], positive_score: float) -> int:
+    """1 + the ranked documents, positives aside, that score above the positive (so at most the mined
+    depth + 1). A cropped positive is scored as cropped: a crop's rank says whether its document is
+    found without the sentence the query was cut from."""
+    return 1 + sum(1 for row, score in zip(ranked, scores) if score > positive_score and row not in positives)
 
 
 def _positives(example: TrainingExample, top_rows: Sequence[int], corpus: DenseCorpus) -> list[Passage]:

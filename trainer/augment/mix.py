@@ -7,6 +7,7 @@ repeat gets a `#n` suffix, so ids stay unique in the mix. Files are read into me
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from fractions import Fraction
@@ -65,7 +66,27 @@ def mix_examples(sources: list[MixSource], out: str | Path, *, seed: int = 0, to
             e = examples[n % len(examples)]
             repeat = n // len(examples)
             query_id = f"{label}:{e.query_id}" + (f"#{repeat + 1}" if repeat else "")
-            mixed.append(TrainingExample(query_id, e.query, e.positives, e.negatives))
+            mixed.append(dataclasses.replace(e, query_id=query_id))
     rng.shuffle(mixed)
     write_examples(out, mixed)
     return counts
+
+
+# Mined ranks whose queries teach the most: the retriever misses the positive (rank 1 teaches
+# little) but still finds it near the top (deeper, a crop is often too vague to name its document).
+INFORMATIVE_RANKS = (2, 20)
+
+
+def informative_first(examples: list[TrainingExample], count: int, *, seed: int = 0) -> list[TrainingExample]:
+    """`count` of `examples`: those mined at INFORMATIVE_RANKS first, then rank 1, then the rest
+    (deeper or unranked), in a seeded random order within each tier."""
+    lo, hi = INFORMATIVE_RANKS
+
+    def tier(e: TrainingExample) -> int:
+        if e.mined_rank is not None and lo <= e.mined_rank <= hi:
+            return 0
+        return 1 if e.mined_rank == 1 else 2
+
+    shuffled = list(examples)
+    random.Random(seed).shuffle(shuffled)
+    return sorted(shuffled, key=tier)[:count]
