@@ -9,9 +9,10 @@ The whole DRAMA-style loop, composed from the trainer's parts (nothing here re-i
               queries (titles.py: a title is a query for its body) and LLM queries (queries.py,
               round-trip filtered)
     3 mine    hard negatives from a rank window of the index's own vectors, with the relative-margin
-              filter against false negatives (mining.py)
+              filter against false negatives, and each query's rank for its own document (mining.py)
     4 mix     the sources mixed (mix.py; every LLM query when the sources overflow the cap, see
-              mix_plan), then split: a dev set carved from the augmented data
+              mix_plan; hard_queries_first keeps a cut source's ranks 2-20 first), then split: a dev
+              set carved from the augmented data
               (held-out queries, their documents held out of training), the rest for training.
               The collection's own queries and qrels are never read.
     5 train   InfoNCE + Matryoshka (train.py) with the zero-shot baseline measured first on that dev
@@ -53,8 +54,8 @@ from dramasearch.fsutil import atomic_write_bytes
 from dramasearch.matryoshka import prepare
 
 from .augment.crop import CropConfig, crop_passage
-from .augment.mining import MiningConfig, mine_batch
-from .augment.mix import INFORMATIVE_RANKS, MixSource, informative_first, mix_counts, mix_examples
+from .augment.mining import INFORMATIVE_RANKS, MiningConfig, is_informative, mine_batch
+from .augment.mix import MixSource, informative_first, mix_counts, mix_examples
 from .augment.resume import ResumableOutput, progress_path, run_batches
 from .augment.retrieval import DenseCorpus
 from .augment.titles import MIN_WORDS as TITLE_MIN_WORDS, title_queries
@@ -512,9 +513,8 @@ def _mix_and_split(settings: AdaptSettings, side: MiningSide, mined: dict[str, P
     held = {id(e) for e in dev}
     train = [e for e in mixed if id(e) not in held and not dev_docids & {p.docid for p in e.positives}][:cap]
     dev_documents = _write_dev_set(work / "dev", side.dense(), dev, settings.dev_corpus_size, settings.seed)
-    lo, hi = INFORMATIVE_RANKS
-    informative = sum(1 for e in train if e.mined_rank is not None and lo <= e.mined_rank <= hi)
-    counts = {"train": len(train), "dev": len(dev), "dev_documents": dev_documents, "train_informative": informative}
+    counts = {"train": len(train), "dev": len(dev), "dev_documents": dev_documents,
+              "train_informative": sum(map(is_informative, train))}
     output.commit(len(mixed), train, counts)
     output.finish()
     return counts

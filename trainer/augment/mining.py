@@ -10,8 +10,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-import bisect
-
 import numpy as np
 
 from dramasearch.encoder import Encoder
@@ -21,9 +19,20 @@ from .resume import Progress, ResumableOutput, run_batches
 from .retrieval import DenseCorpus, load_passages, top_k
 
 
-# Kept examples are counted by the positive's rank (reported by adapt): 1, 2-20, deeper.
-RANK_BAND_ENDS = (1, 20)
-RANK_BANDS = ("positive_rank_1", "positive_rank_2_20", "positive_rank_over_20")
+# Ranks of the positive whose queries teach the most (adapt's hard_queries_first): the retriever misses
+# it (rank 1 teaches little) but still finds it near the top (deeper, a crop is often too vague to name
+# its document). Kept examples are counted in three bands: rank 1, these ranks, deeper.
+INFORMATIVE_RANKS = (2, 20)
+RANK_BANDS = ("positive_rank_1", "positive_rank_{}_{}".format(*INFORMATIVE_RANKS),
+              f"positive_rank_over_{INFORMATIVE_RANKS[1]}")
+
+
+def rank_band(rank: int) -> str:
+    return RANK_BANDS[0] if rank < INFORMATIVE_RANKS[0] else RANK_BANDS[1] if rank <= INFORMATIVE_RANKS[1] else RANK_BANDS[2]
+
+
+def is_informative(example: TrainingExample) -> bool:
+    return example.mined_rank is not None and rank_band(example.mined_rank) == RANK_BANDS[1]
 
 
 @dataclass(frozen=True)
@@ -101,7 +110,7 @@ def mine_batch(
             counts["dropped_few_negatives"] += 1
             continue
         rank = positive_rank(ranked[i], scores[i], positive_rows, positive_score)
-        counts[RANK_BANDS[bisect.bisect_left(RANK_BAND_ENDS, rank)]] += 1
+        counts[rank_band(rank)] += 1
         out.append(TrainingExample(example.query_id, example.query, positives,
                                    [corpus.passages[r] for r in negatives], mined_rank=rank))
     return out, counts

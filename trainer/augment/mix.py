@@ -14,6 +14,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..data import TrainingExample, read_examples, write_examples
+from .mining import is_informative
 
 
 @dataclass(frozen=True)
@@ -72,20 +73,11 @@ def mix_examples(sources: list[MixSource], out: str | Path, *, seed: int = 0, to
     return counts
 
 
-# Mined ranks whose queries teach the most: the retriever misses the positive (rank 1 teaches
-# little) but still finds it near the top (deeper, a crop is often too vague to name its document).
-INFORMATIVE_RANKS = (2, 20)
-
-
 def informative_first(examples: list[TrainingExample], count: int, *, seed: int = 0) -> list[TrainingExample]:
-    """`count` of `examples`: those mined at INFORMATIVE_RANKS first, then rank 1, then the rest
-    (deeper or unranked), in a seeded random order within each tier."""
-    lo, hi = INFORMATIVE_RANKS
-
+    """`count` of `examples`: those mined at INFORMATIVE_RANKS first (mining.py says why), then rank 1,
+    then the rest (deeper or unranked), in a seeded random order within each tier."""
     def tier(e: TrainingExample) -> int:
-        if e.mined_rank is not None and lo <= e.mined_rank <= hi:
-            return 0
-        return 1 if e.mined_rank == 1 else 2
+        return 0 if is_informative(e) else 1 if e.mined_rank == 1 else 2
 
     shuffled = list(examples)
     random.Random(seed).shuffle(shuffled)
