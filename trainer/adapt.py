@@ -100,7 +100,8 @@ class AdaptSettings:
     crops_per_passage: int | None = None  # None: 1, more for a corpus too small to fill the cap; 0: no crops
     title_queries: bool = False  # each document's title as a query for its body (no-op without titles)
     # when a source overflows the mix, keep first the queries whose positive the starting model ranks
-    # 2-20 (INFORMATIVE_RANKS), not a random subset: a query it already answers at rank 1 teaches little
+    # 2-20 (INFORMATIVE_RANKS), not a random subset: a query it already answers at rank 1 teaches little.
+    # Off: it did not beat the default on its pre-registered test (RESULTS §13.16)
     hard_queries_first: bool = False
     negative_ranks: tuple[int, int] | None = None  # None: (30, 50), scaled down for corpora under 100 docs
     margin_ratio: float | None = 0.95  # drop negatives scoring above this x the positive's score
