@@ -485,16 +485,10 @@ def _mix_and_split(settings: AdaptSettings, side: MiningSide, mined: dict[str, P
     if not sum(sizes.values()):
         raise UsageError("corpus", f"{settings.corpus}: no training example survived mining; the corpus is too small "
                                    "or its documents have no sentences of 4-64 words")
-    budget = cap + settings.dev_queries
-    counts = mix_plan(sizes, budget)
+    counts = mix_plan(sizes, cap + settings.dev_queries)
     sources = dict(mined)
-    if settings.hard_queries_first:  # cut to the budget here, each source keeping its most informative queries
-        if sum(counts.values()) > budget:
-            counts = dict(zip(counts, mix_counts(list(counts.values()), list(counts.values()), budget)))
-        for k in sources:
-            if 0 < counts[k] < sizes[k]:
-                sources[k] = work / f"informative-{k}.jsonl"
-                write_examples(sources[k], informative_first(list(read_examples(mined[k])), counts[k], seed=settings.seed))
+    if settings.hard_queries_first:
+        counts, sources = _informative_cut(mined, sizes, counts, cap + settings.dev_queries, work, settings.seed)
     mix_examples([MixSource(sources[k], counts[k], k) for k in sources if counts[k]], work / "mix.jsonl", seed=settings.seed)
     mixed = list(read_examples(work / "mix.jsonl"))
     if len(mixed) < MIN_EXAMPLES:
@@ -519,6 +513,19 @@ def _mix_and_split(settings: AdaptSettings, side: MiningSide, mined: dict[str, P
     output.commit(len(mixed), train, counts)
     output.finish()
     return counts
+
+
+def _informative_cut(mined: dict[str, Path], sizes: dict[str, int], counts: dict[str, int], budget: int, work: Path,
+                     seed: int) -> tuple[dict[str, int], dict[str, Path]]:
+    """hard_queries_first: the mix cut to `budget` here (not by the split), each source that loses examples
+    written down to its share with its most informative queries first (`informative_first`)."""
+    if sum(counts.values()) > budget:
+        counts = dict(zip(counts, mix_counts(list(counts.values()), list(counts.values()), budget)))
+    sources = dict(mined)
+    for k in (k for k in mined if 0 < counts[k] < sizes[k]):
+        sources[k] = work / f"informative-{k}.jsonl"
+        write_examples(sources[k], informative_first(list(read_examples(mined[k])), counts[k], seed=seed))
+    return counts, sources
 
 
 def mix_plan(sizes: dict[str, int], budget: int) -> dict[str, int]:

@@ -32,7 +32,7 @@ def rank_band(rank: int) -> str:
 
 
 def is_informative(example: TrainingExample) -> bool:
-    return example.mined_rank is not None and rank_band(example.mined_rank) == RANK_BANDS[1]
+    return example.mined_rank is not None and INFORMATIVE_RANKS[0] <= example.mined_rank <= INFORMATIVE_RANKS[1]
 
 
 @dataclass(frozen=True)
