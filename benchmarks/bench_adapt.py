@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--title-queries", action="store_true", help="AdaptSettings.title_queries, for the source arm")
     parser.add_argument("--hard-queries-first", action="store_true",
                         help="AdaptSettings.hard_queries_first, for the query-selection arm")
+    parser.add_argument("--hybrid-teacher", action="store_true",
+                        help="AdaptSettings.hybrid_teacher, for the distillation arm")
     parser.add_argument("--seed", type=int, default=0, help="AdaptSettings.seed, for the spread between runs")
     parser.add_argument("--temperature", type=float, default=AdaptSettings.temperature,
                         help="AdaptSettings.temperature, for the training ablation")
@@ -108,7 +110,7 @@ def main() -> None:
     report = adapt(AdaptSettings(corpus=str(data), model=args.model, output=str(out / "model"), index=str(index),
                                  margin_ratio=margin, llm_queries=args.llm_queries,
                                  crops_per_passage=args.crops_per_passage, title_queries=args.title_queries,
-                                 hard_queries_first=args.hard_queries_first,
+                                 hard_queries_first=args.hard_queries_first, hybrid_teacher=args.hybrid_teacher,
                                  seed=args.seed,
                                  temperature=args.temperature, max_train_examples=args.max_train_examples,
                                  attention_dropout=args.attention_dropout))

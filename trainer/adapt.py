@@ -9,7 +9,9 @@ The whole DRAMA-style loop, composed from the trainer's parts (nothing here re-i
               queries (titles.py: a title is a query for its body) and LLM queries (queries.py,
               round-trip filtered)
     3 mine    hard negatives from a rank window of the index's own vectors, with the relative-margin
-              filter against false negatives, and each query's rank for its own document (mining.py)
+              filter against false negatives, and each query's rank for its own document (mining.py);
+              with hybrid_teacher, from the top ranks of the model blended with BM25 (teacher.py), each
+              passage with its teacher score, which step 5 distils instead of the margin filter
     4 mix     the sources mixed (mix.py; every LLM query when the sources overflow the cap, see
               mix_plan; hard_queries_first keeps a cut source's ranks 2-20 first), then split: a dev
               set carved from the augmented data
@@ -62,6 +64,8 @@ from .augment.titles import MIN_WORDS as TITLE_MIN_WORDS, title_queries
 from .data import Passage, TrainingExample, read_examples, write_examples
 
 WIDE_WINDOW = (30, 50)  # DRAMA's negative ranks, for corpora of at least SMALL_CORPUS documents
+TEACHER_WINDOW = (1, 10)  # a hybrid teacher's candidates: the top ranks, where it and the model disagree most
+TEACHER_WEIGHT = 0.5  # the dense share of the hybrid teacher, as in `dramasearch search --hybrid linear`
 SMALL_CORPUS = 100
 MIN_EXAMPLES = 10  # fewer cannot make a dev set (a fifth of them) and a training batch
 MAX_CROPS = 8  # cropped queries per passage at most, however small the corpus
@@ -103,8 +107,13 @@ class AdaptSettings:
     # 2-20 (INFORMATIVE_RANKS), not a random subset: a query it already answers at rank 1 teaches little.
     # Off: it did not beat the default on its pre-registered test (RESULTS §13.16)
     hard_queries_first: bool = False
+    # mine with a hybrid teacher (the starting model blended with BM25, augment/teacher.py): negatives from
+    # its top ranks (TEACHER_WINDOW), each with its teacher score, which training distils (losses.py)
+    hybrid_teacher: bool = False
     negative_ranks: tuple[int, int] | None = None  # None: (30, 50), scaled down for corpora under 100 docs
-    margin_ratio: float | None = 0.95  # drop negatives scoring above this x the positive's score
+    # drop negatives scoring above this x the positive's score; not with hybrid_teacher, whose scores
+    # judge the hard negatives instead
+    margin_ratio: float | None = 0.95
     max_train_examples: int | None = None  # None: 1,200 on CPU, 20,000 on GPU
     max_steps: int | None = None  # None: one pass over the training examples
     batch_size: int | None = None  # None: 32 on CPU, 64 on GPU
@@ -287,11 +296,15 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
                                           defaults.llm_batch_size, report)
     report.crop_examples = _count(sources["crop"])
     report.llm_examples = _count(sources["llm"]) if "llm" in sources else 0
-    report.negative_ranks = settings.negative_ranks or negative_window(report.corpus_documents)
+    report.negative_ranks = settings.negative_ranks or (
+        TEACHER_WINDOW if settings.hybrid_teacher else negative_window(report.corpus_documents))
 
     with _timed(report, "mine", side):
-        config = MiningConfig(negative_ranks=report.negative_ranks, margin_ratio=settings.margin_ratio,
-                              max_negatives=max(report.negatives_per_query, 1))
+        if settings.hybrid_teacher:  # every window negative kept: training draws its negatives from them
+            config = MiningConfig(negative_ranks=report.negative_ranks, margin_ratio=None, teacher_weight=TEACHER_WEIGHT)
+        else:
+            config = MiningConfig(negative_ranks=report.negative_ranks, margin_ratio=settings.margin_ratio,
+                                  max_negatives=max(report.negatives_per_query, 1))
         mined = {name: _mine(side, path, work / f"mined-{name}.jsonl", config, report) for name, path in sources.items()}
 
     with _timed(report, "mix", side):
@@ -347,6 +360,7 @@ class MiningSide:
         self.settings, self.folder, self.device, self.report = settings, folder, device, report
         self._encoder = None
         self._dense: DenseCorpus | None = None
+        self._lexical = None
         self.seconds = 0.0  # spent building or reading the index (reported apart from the step that needed it)
 
     def encoder(self):
@@ -364,8 +378,16 @@ class MiningSide:
             self.report.seconds["index"] = round(self.seconds, 1)
         return self._dense
 
+    def lexical(self):
+        """BM25 over the mining passages, in their order (the hybrid teacher's other half)."""
+        if self._lexical is None:
+            from .augment.teacher import LexicalScorer
+
+            self._lexical = LexicalScorer(self.dense().passages)
+        return self._lexical
+
     def release(self) -> None:
-        self._encoder = self._dense = None  # free memory before training loads its own copy
+        self._encoder = self._dense = self._lexical = None  # free memory before training loads its own copy
 
     def _load(self) -> DenseCorpus:
         from dramasearch.index.build import BuildSettings, build_index
@@ -460,7 +482,8 @@ def _mine(side: MiningSide, examples: Path, out: Path, config: MiningConfig, rep
     if output.progress.finished:
         report.skipped.append(f"mine-{examples.stem}")
     progress = run_batches(output, read_examples(examples),
-                           lambda _, batch: mine_batch(side.encoder(), side.dense(), batch, config),
+                           lambda _, batch: mine_batch(side.encoder(), side.dense(), batch, config,
+                                                       side.lexical() if config.teacher_weight is not None else None),
                            batch_size=256, desc="mining")
     report.mined[examples.stem] = {"examples": progress.examples, **progress.counts}
     return out
@@ -578,7 +601,7 @@ def _train(settings: AdaptSettings, work: Path, device: str, report: AdaptReport
         model=settings.model, train_data=str(work / "train.jsonl"), output=str(work / "train"),
         negatives_per_query=report.negatives_per_query, batch_size=min(report.batch_size, examples),
         max_steps=steps, learning_rate=settings.learning_rate, warmup_steps=int(settings.warmup_ratio * steps),
-        temperature=settings.temperature, attention_dropout=settings.attention_dropout,
+        temperature=settings.temperature, distill=settings.hybrid_teacher, attention_dropout=settings.attention_dropout,
         matryoshka_dims=tuple(settings.matryoshka_dims),
         max_length=settings.max_length, seed=settings.seed, save_steps=every, eval_steps=every,
         dev_corpus=str(dev / "corpus.jsonl"), dev_queries=str(dev / "queries.jsonl"), dev_qrels=str(dev / "qrels.tsv"),

@@ -45,6 +45,9 @@ ATTENTION_DROPOUT = click.option(
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
 @click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="Gradient clipping; 0 turns it off.")
 @click.option("--temperature", type=float, default=0.02, show_default=True, help="InfoNCE temperature (scale = 1/T).")
+@click.option("--distill", is_flag=True,
+              help="Judge hard negatives by the teacher scores stored with them (\"score\" per passage, as "
+                   "`adapt --hybrid-teacher` mines them) through KL, instead of as wrong answers.")
 @ATTENTION_DROPOUT
 @click.option("--matryoshka-dims", default=None, help=DIMS_HELP)
 @click.option("--matryoshka-weights", default=None, help="One weight per Matryoshka dim (default: all 1).")
@@ -114,6 +117,9 @@ def export_cmd(model, out_dir, max_length) -> None:
 @click.option("--hard-queries-first/--random-queries", "hard_queries_first", default=False, show_default=True,
               help="When there are more augmented queries than the cap, keep first those whose document the starting "
                    "model ranks 2nd-20th (a query it already answers at rank 1 teaches little), not a random share.")
+@click.option("--hybrid-teacher/--no-hybrid-teacher", "hybrid_teacher", default=False, show_default=True,
+              help="Mine with the starting model blended with BM25 as a teacher: negatives from its top 10, and "
+                   "training distils its scores of them (KL) instead of the margin filter.")
 @click.option("--llm", default="smollm2", show_default=True, help="Causal LM for --llm-queries: smollm2, a .gguf, a folder or hub id.")
 @click.option("--max-train-examples", type=int, default=None, help="Cap on training pairs (default 1200 on CPU, 20000 on GPU).")
 @click.option("--max-steps", type=int, default=None, help="Training steps (default: one pass over the training pairs).")

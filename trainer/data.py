@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
@@ -23,6 +24,9 @@ class Passage:
     docid: str
     title: str
     text: str
+    # A teacher's score for this passage against its example's query (mining with a hybrid teacher):
+    # training on it distills the teacher's judgement of hard negatives instead of calling them wrong.
+    score: float | None = None
 
     def content(self) -> str:
         return title_and_text(self.title, self.text)
@@ -186,8 +190,11 @@ def _text_passage(text: str) -> Passage:
     return Passage("sha1:" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16], "", text)
 
 
-def _passage_json(p: Passage) -> dict[str, str]:
-    return {"docid": p.docid, "title": p.title, "text": p.text}
+def _passage_json(p: Passage) -> dict[str, Any]:
+    record: dict[str, Any] = {"docid": p.docid, "title": p.title, "text": p.text}
+    if p.score is not None:  # an extra key, which Tevatron's readers ignore
+        record["score"] = p.score
+    return record
 
 
 def _passages(record: dict[str, Any], key: str, path, line, *, required: bool) -> list[Passage]:
@@ -205,7 +212,11 @@ def _passages(record: dict[str, Any], key: str, path, line, *, required: bool) -
             raise InputError(path, line, where, f"expected an object with docid, title, text, got {type(item).__name__}")
         docid = _string(item, "docid", path, line, allow_int=True, where=f"{where}.docid")
         title = _string(item, "title", path, line, where=f"{where}.title") if item.get("title") is not None else ""
-        passages.append(Passage(docid, title, _string(item, "text", path, line, where=f"{where}.text")))
+        score = item.get("score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score)):
+            raise InputError(path, line, f"{where}.score", f"expected a finite number (a teacher's score), got {score!r:.40}")
+        passages.append(Passage(docid, title, _string(item, "text", path, line, where=f"{where}.text"),
+                                None if score is None else float(score)))
     return passages
 
 

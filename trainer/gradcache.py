@@ -23,15 +23,22 @@ import torch.distributed as dist
 
 from dramasearch.encoder import Encoder
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]  # (queries, passages[, teacher]) -> loss
 
 
 @dataclass
 class TokenizedBatch:
-    """Token ids of one (per-rank) batch: queries, and per query its positive then negatives."""
+    """Token ids of one (per-rank) batch: queries, and per query its positive then negatives;
+    with distillation, the teacher's scores of each query's group ([queries, group])."""
 
     queries: list[list[int]]
     passages: list[list[int]]
+    teacher: torch.Tensor | None = None
+
+    def loss(self, loss_fn: LossFn, queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
+        """The loss of the global batch (every rank's rows gathered)."""
+        extra = () if self.teacher is None else (gather_keep_local_grad(self.teacher.to(queries.device)),)
+        return loss_fn(gather_keep_local_grad(queries), gather_keep_local_grad(passages), *extra)
 
 
 def contrastive_step(
@@ -49,7 +56,7 @@ def contrastive_step(
     if chunk_size is None:
         with autocast():
             queries, passages = encoder.embed_ids(batch.queries), encoder.embed_ids(batch.passages)
-        loss = loss_fn(gather_keep_local_grad(queries), gather_keep_local_grad(passages))
+        loss = batch.loss(loss_fn, queries, passages)
         loss.backward()
         return float(loss.detach())
     if chunk_size < 1:
@@ -64,7 +71,7 @@ def contrastive_step(
                 reps.append(encoder.embed_ids(chunk))
     queries = torch.cat(reps[: len(query_chunks)]).requires_grad_()
     passages = torch.cat(reps[len(query_chunks) :]).requires_grad_()
-    loss = loss_fn(gather_keep_local_grad(queries), gather_keep_local_grad(passages))
+    loss = batch.loss(loss_fn, queries, passages)
     loss.backward()
     cached = [*queries.grad.split([len(c) for c in query_chunks]), *passages.grad.split([len(c) for c in passage_chunks])]
     for chunk, state, grad in zip(chunks, states, cached):

@@ -6,6 +6,9 @@ negatives act as in-batch negatives. Scores are the model's own similarity divid
 temperature: cosine for models that normalize (at each Matryoshka dim the embeddings are
 truncated and re-normalized first), the plain dot product of the truncations for models
 without a Normalize step, exactly as `Encoder.encode_*(dim=d)` and an index serve them.
+
+With teacher scores (mining with a hybrid teacher), a query's own hard negatives are judged by the
+teacher instead (`distilled_info_nce`).
 """
 from __future__ import annotations
 
@@ -30,6 +33,33 @@ def info_nce(queries: torch.Tensor, passages: torch.Tensor, temperature: float, 
     scores = queries @ passages.T / temperature
     targets = torch.arange(queries.shape[0], device=queries.device) * group
     return F.cross_entropy(scores, targets)
+
+
+def distilled_info_nce(queries: torch.Tensor, passages: torch.Tensor, teacher: torch.Tensor, temperature: float,
+                       normalize: bool = True) -> torch.Tensor:
+    """InfoNCE of each positive against the other queries' passages only, plus KL(teacher || model)
+    over the query's own group (positive and hard negatives), both softmaxes at `temperature`.
+
+    The hard negatives are the teacher's own top ranks, where unlabelled positives crowd: called
+    wrong outright they would teach the model to push relevant documents away (the margin filter
+    ablation, RESULTS §13.3); under the KL one the teacher rates high stays close. `teacher` is
+    [queries, group] in the model's similarity units (augment/teacher.py), in `passages`' order.
+    """
+    n = queries.shape[0]
+    if passages.shape[0] % n or teacher.shape != (n, passages.shape[0] // n):
+        raise ValueError(f"{passages.shape[0]} passages and teacher scores {tuple(teacher.shape)} do not form "
+                         f"{n} equal groups (1 positive + negatives), one teacher row per query")
+    group = passages.shape[0] // n
+    if normalize:
+        queries, passages = truncate_normalize_tensor(queries), truncate_normalize_tensor(passages)
+    scores = (queries @ passages.T).float() / temperature
+    own = torch.arange(n, device=scores.device)
+    columns = torch.arange(scores.shape[1], device=scores.device)
+    negatives = (columns[None, :] // group == own[:, None]) & (columns[None, :] % group != 0)
+    contrastive = F.cross_entropy(scores.masked_fill(negatives, float("-inf")), own * group)
+    student = F.log_softmax(scores.view(n, n, group)[own, own], dim=1)
+    target = F.log_softmax(teacher.float().to(scores.device) / temperature, dim=1)
+    return contrastive + F.kl_div(student, target, log_target=True, reduction="batchmean")
 
 
 @dataclass(frozen=True)
@@ -59,11 +89,17 @@ class MatryoshkaInfoNCE:
         if too_big:
             raise ValueError(f"Matryoshka dims {too_big} exceed the model's embedding dimension {full}")
 
-    def __call__(self, queries: torch.Tensor, passages: torch.Tensor) -> torch.Tensor:
+    def __call__(self, queries: torch.Tensor, passages: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
+        """`teacher` (scores per query's group) turns each dim's term into `distilled_info_nce`."""
+        def one(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+            if teacher is None:
+                return info_nce(q, p, self.temperature, self.normalize)
+            return distilled_info_nce(q, p, teacher, self.temperature, self.normalize)
+
         if not self.dims:
-            return info_nce(queries, passages, self.temperature, self.normalize)
+            return one(queries, passages)
         weights = self.weights or (1.0,) * len(self.dims)
         total = queries.new_zeros((), dtype=torch.float32)
         for dim, weight in zip(self.dims, weights):
-            total = total + weight * info_nce(queries[:, :dim], passages[:, :dim], self.temperature, self.normalize)
+            total = total + weight * one(queries[:, :dim], passages[:, :dim])
         return total

@@ -65,6 +65,9 @@ class TrainSettings:
     weight_decay: float = 0.01
     max_grad_norm: float | None = 1.0
     temperature: float = 0.02
+    # judge each query's hard negatives by the teacher scores mining stored with them (a hybrid teacher,
+    # augment/teacher.py) through KL, instead of as wrong answers (losses.distilled_info_nce)
+    distill: bool = False
     matryoshka_dims: tuple[int, ...] = ()  # () = full dimension only
     matryoshka_weights: tuple[float, ...] = ()  # () = 1 for each dim
     chunk_size: int | None = None  # GradCache: sequences per forward; None = whole batch in one pass
@@ -275,6 +278,12 @@ def _check_examples(examples: list[TrainingExample], settings: TrainSettings) ->
             raise InputError(settings.train_data, None, "negative_passages",
                              f"query {example.query_id!r} has no negatives; mine negatives or set negatives_per_query=0")
         repeated += len(example.negatives) < settings.negatives_per_query
+        if settings.distill:
+            for key, passages in (("positive_passages", example.positives), ("negative_passages", example.negatives)):
+                if any(p.score is None for p in passages):
+                    raise InputError(settings.train_data, None, f"{key}[].score",
+                                     f"query {example.query_id!r} has a passage without a teacher score; distillation "
+                                     "needs data mined with a hybrid teacher (adapt --hybrid-teacher), or distill=False")
     return repeated
 
 
@@ -295,10 +304,13 @@ def _batch(encoder: Encoder, examples, step: int, steps_per_epoch: int, settings
         n, negatives = settings.negatives_per_query, example.negatives
         picks = rng.choice(len(negatives), n, replace=len(negatives) < n) if n else []
         queries.append(example.query)
-        passages.append(example.positives[int(rng.integers(len(example.positives)))].content())
-        passages.extend(negatives[int(i)].content() for i in picks)
+        passages.append(example.positives[int(rng.integers(len(example.positives)))])
+        passages.extend(negatives[int(i)] for i in picks)
+    teacher = None
+    if settings.distill:
+        teacher = torch.tensor([p.score for p in passages], dtype=torch.float32).view(len(queries), -1)
     return TokenizedBatch(encoder.tokenize(queries, encoder.spec.query_prefix),
-                          encoder.tokenize(passages, encoder.spec.document_prefix))
+                          encoder.tokenize([p.content() for p in passages], encoder.spec.document_prefix), teacher)
 
 
 def _evaluate(encoder: Encoder, dev: DevSet, settings: TrainSettings, report: TrainReport, output: Path, autocast) -> None:

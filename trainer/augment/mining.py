@@ -3,9 +3,14 @@
 Negatives come from a rank window (default ranks 30-50, as in DRAMA): the top ranks hold
 too many unlabelled positives. A relative margin (NV-Retriever's "TopK-PercPos") drops a
 candidate scoring above `margin_ratio` x the positive's score, the likeliest false negatives.
+
+With `teacher_weight` set, the ranking, the window and the margin are those of a hybrid teacher
+(teacher.py: the dense score blended with BM25's), and every mined passage keeps its teacher score
+for distillation.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +22,7 @@ from dramasearch.encoder import Encoder
 from ..data import Passage, TrainingExample, read_examples_or_queries
 from .resume import Progress, ResumableOutput, run_batches
 from .retrieval import DenseCorpus, load_passages, top_k
+from .teacher import LexicalScorer, teacher_top_k
 
 
 # Ranks of the positive whose queries teach the most (adapt's hard_queries_first): the retriever misses
@@ -43,6 +49,9 @@ class MiningConfig:
     margin_ratio: float | None = 0.95  # None turns the false-negative filter off
     min_negatives: int = 1  # examples left with fewer are dropped
     dim: int | None = None  # Matryoshka dimension of the retriever's embeddings
+    # the dense share of a hybrid teacher (teacher.py) that ranks and scores instead of the retriever alone
+    teacher_weight: float | None = None
+    teacher_depth: int = 100  # each query's candidate pool for the teacher's normalization: both top-N lists
 
     def __post_init__(self) -> None:
         lo, hi = self.negative_ranks
@@ -50,6 +59,10 @@ class MiningConfig:
             raise ValueError(f"negative_ranks must be 1 <= first <= last, got {self.negative_ranks}")
         if self.margin_ratio is not None and not 0 < self.margin_ratio:
             raise ValueError(f"margin_ratio must be > 0, got {self.margin_ratio}")
+        if self.teacher_weight is not None and not 0 <= self.teacher_weight <= 1:
+            raise ValueError(f"teacher_weight must be in [0, 1] (the dense share), got {self.teacher_weight}")
+        if self.teacher_depth < 1:
+            raise ValueError(f"teacher_depth must be >= 1, got {self.teacher_depth}")
 
 
 def select_negatives(
@@ -83,14 +96,27 @@ def select_negatives(
 
 
 def mine_batch(
-    encoder: Encoder, corpus: DenseCorpus, examples: list[TrainingExample], config: MiningConfig
+    encoder: Encoder, corpus: DenseCorpus, examples: list[TrainingExample], config: MiningConfig,
+    lexical: LexicalScorer | None = None,
 ) -> tuple[list[TrainingExample], dict[str, int]]:
-    """Mined copies of `examples` (given positives kept, negatives replaced) and drop counts."""
+    """Mined copies of `examples` (given positives kept, negatives replaced) and drop counts.
+
+    `lexical` (BM25 over the same passages, in order) is the teacher's other half; it is needed
+    exactly when `config.teacher_weight` is set."""
+    if (config.teacher_weight is None) != (lexical is None):
+        raise ValueError("a hybrid teacher (teacher_weight) needs the corpus's LexicalScorer, and only it does")
     if not examples:
         return [], {}
-    q = encoder.encode_queries([e.query for e in examples], dim=config.dim)
+    queries = [e.query for e in examples]
+    q = encoder.encode_queries(queries, dim=config.dim)
     depth = max(config.negative_ranks[1], config.top_positives)
-    scores, ranked = top_k(q, corpus.embeddings, depth)
+    if lexical is None:
+        scores, ranked = top_k(q, corpus.embeddings, depth)
+        bm25 = blends = None
+    else:
+        bm25 = lexical.corpus_scores(queries)
+        scores, ranked, blends = teacher_top_k(q @ corpus.embeddings.T, bm25, config.teacher_weight,
+                                               config.teacher_depth, depth)
     positives_of = [_positives(example, ranked[i, : config.top_positives], corpus) for i, example in enumerate(examples)]
     # One encoder call for the batch's positives that are not corpus rows (cropped ones), not one per
     # example: on a GPU a call for one passage is mostly launch overhead (RESULTS §13.14).
@@ -101,8 +127,11 @@ def mine_batch(
         if not positives:
             counts["no_positive"] += 1
             continue
+        positive_scores = positive_vectors @ q[i]
+        if blends is not None:  # a positive scored as it reads (a crop without its sentence), by the same blend
+            positive_scores = blends[i](positive_scores, lexical.text_scores(example.query, [p.content() for p in positives]))
         # The least similar positive sets the bar: the strictest threshold against false negatives.
-        positive_score = float((positive_vectors @ q[i]).min())
+        positive_score = float(positive_scores.min())
         positive_rows = {r for p in positives if (r := corpus.position(p.docid)) is not None}
         negatives, dropped = select_negatives(ranked[i], scores[i], positive_rows, positive_score, config)
         counts["dropped_by_margin"] += dropped
@@ -111,8 +140,12 @@ def mine_batch(
             continue
         rank = positive_rank(ranked[i], scores[i], positive_rows, positive_score)
         counts[rank_band(rank)] += 1
-        out.append(TrainingExample(example.query_id, example.query, positives,
-                                   [corpus.passages[r] for r in negatives], mined_rank=rank))
+        negative_passages = [corpus.passages[r] for r in negatives]
+        if blends is not None:
+            teacher = dict(zip(ranked[i].tolist(), scores[i].tolist()))
+            positives = [dataclasses.replace(p, score=float(s)) for p, s in zip(positives, positive_scores)]
+            negative_passages = [dataclasses.replace(p, score=teacher[r]) for p, r in zip(negative_passages, negatives)]
+        out.append(TrainingExample(example.query_id, example.query, positives, negative_passages, mined_rank=rank))
     return out, counts
 
 
@@ -156,8 +189,9 @@ def mine_negatives(
     if output.progress.finished:
         return output.progress
     dense = DenseCorpus.encode(encoder, load_passages(corpus, corpus_limit), config.dim)
+    lexical = LexicalScorer(dense.passages) if config.teacher_weight is not None else None
     inputs, total = read_examples_or_queries(examples)
     return run_batches(
-        output, inputs, lambda _, batch: mine_batch(encoder, dense, batch, config),
+        output, inputs, lambda _, batch: mine_batch(encoder, dense, batch, config, lexical),
         batch_size=batch_size, total=total, desc="mining",
     )
