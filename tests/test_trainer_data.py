@@ -54,6 +54,21 @@ def test_mined_rank_is_an_extra_key_only_when_set(tmp_path):
     assert list(read_examples(path)) == [ranked, _examples()[0]]
 
 
+def test_teacher_scores_are_an_extra_key_only_when_set(tmp_path):
+    """A hybrid teacher's score per passage travels with it (integers read as floats); passages without one
+    are written and read as before."""
+    path = tmp_path / "teacher.jsonl"
+    scored = TrainingExample("q", "rain", [Passage("d1", "", "t", score=0.61)], [Passage("d2", "", "u", score=-0.25)])
+    write_examples(path, [scored, _examples()[0]])
+    first, second = path.read_text(encoding="utf-8").splitlines()
+    assert json.loads(first)["negative_passages"][0]["score"] == -0.25
+    assert all("score" not in p for p in json.loads(second)["positive_passages"])
+    assert list(read_examples(path)) == [scored, _examples()[0]]
+    path.write_text(json.dumps({"query_id": "1", "query": "q", "positive_passages": [{"docid": "a", "text": "t", "score": 1}]}))
+    (example,) = read_examples(path)
+    assert example.positives[0].score == 1.0 and isinstance(example.positives[0].score, float)
+
+
 @pytest.mark.parametrize(
     "record, line_field, words",
     [
@@ -72,6 +87,12 @@ def test_mined_rank_is_an_extra_key_only_when_set(tmp_path):
          "mined_rank", "integer >= 1"),
         ({"query_id": "1", "query": "q", "positive_passages": [{"docid": "a", "text": "t"}], "mined_rank": "2"},
          "mined_rank", "integer >= 1"),
+        ({"query_id": "1", "query": "q", "positive_passages": [{"docid": "a", "text": "t", "score": "high"}]},
+         "positive_passages[0].score", "finite number"),
+        ({"query_id": "1", "query": "q", "positive_passages": [{"docid": "a", "text": "t"}],
+          "negative_passages": [{"docid": "b", "text": "t", "score": float("nan")}]}, "negative_passages[0].score", "finite number"),
+        ({"query_id": "1", "query": "q", "positive_passages": [{"docid": "a", "text": "t", "score": True}]},
+         "positive_passages[0].score", "finite number"),
     ],
 )
 def test_bad_records_name_file_line_field(tmp_path, record, line_field, words):

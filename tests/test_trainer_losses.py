@@ -95,3 +95,56 @@ def test_bad_settings_are_named():
     q, cols = _embeddings()
     with pytest.raises(ValueError, match="equal groups"):
         info_nce(q, _grouped(cols)[:-1], 0.05)
+
+
+# Distillation: each query's own hard negatives judged by a teacher (KL), not as wrong answers ----------
+
+
+def _distilled_by_hand(q, p, teacher, temperature):
+    """The loss of losses.distilled_info_nce written out row by row, from its definition."""
+    q = q / q.norm(dim=1, keepdim=True)
+    p = p / p.norm(dim=1, keepdim=True)
+    n, group = q.shape[0], p.shape[0] // q.shape[0]
+    total = 0.0
+    for i in range(n):
+        logits = p @ q[i] / temperature
+        keep = [j for j in range(p.shape[0]) if j // group != i or j % group == 0]  # own negatives left out
+        total = total - torch.log_softmax(logits[keep], dim=0)[keep.index(i * group)]
+        student = torch.softmax(logits[i * group : (i + 1) * group], dim=0)
+        target = torch.softmax(teacher[i] / temperature, dim=0)
+        total = total + (target * (target.log() - student.log())).sum()
+    return total / n
+
+
+def test_distilled_loss_equals_its_definition_and_sums_over_dims():
+    from trainer.losses import distilled_info_nce
+
+    q, cols = _embeddings(2)
+    p = _grouped(cols)
+    teacher = torch.randn(B, 1 + NEG, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.2
+    got = distilled_info_nce(q, p, teacher, TEMPERATURE)
+    assert abs(got.item() - _distilled_by_hand(q, p, teacher, TEMPERATURE).item()) < 1e-9
+    total = MatryoshkaInfoNCE(TEMPERATURE, DIMS, WEIGHTS)(q, p, teacher)
+    by_dim = sum(w * distilled_info_nce(q[:, :d], p[:, :d], teacher, TEMPERATURE) for d, w in zip(DIMS, WEIGHTS))
+    assert abs(total.item() - by_dim.item()) < 1e-9
+    with pytest.raises(ValueError, match="one teacher row per query"):
+        distilled_info_nce(q, p, teacher[:, :2], TEMPERATURE)
+
+
+def test_a_negative_the_teacher_rates_high_is_pulled_closer_not_pushed_away():
+    """The point of distillation: plain InfoNCE pushes a hard negative away from its query; under a teacher
+    that scores it above the positive, the gradient moves it towards the query instead. One query, so no
+    other query's in-batch term moves the same passage."""
+    from trainer.losses import distilled_info_nce
+
+    q, cols = _embeddings(4)
+    q, p = q[:1], _grouped(cols)[: 1 + NEG].clone().requires_grad_()
+    teacher = torch.zeros(1, 1 + NEG, dtype=torch.float64)
+    teacher[0, 1] = 0.5  # the first hard negative: a false negative, says the teacher
+    distilled_info_nce(q, p, teacher, TEMPERATURE).backward()
+    pulled = p.grad.clone()
+    p.grad = None
+    info_nce(q, p, TEMPERATURE).backward()
+    # d loss / d p . q < 0: a small gradient step raises the passage's similarity to the query
+    assert torch.dot(pulled[1], q[0]) < 0 < torch.dot(p.grad[1], q[0])
+    assert all(torch.dot(pulled[j], q[0]) > 0 for j in (2, 3))  # the others, rated low, still pushed away

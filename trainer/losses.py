@@ -52,13 +52,14 @@ def distilled_info_nce(queries: torch.Tensor, passages: torch.Tensor, teacher: t
     group = passages.shape[0] // n
     if normalize:
         queries, passages = truncate_normalize_tensor(queries), truncate_normalize_tensor(passages)
-    scores = (queries @ passages.T).float() / temperature
+    scores = queries @ passages.T
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) / temperature  # bf16 autocast: softmax in fp32
     own = torch.arange(n, device=scores.device)
     columns = torch.arange(scores.shape[1], device=scores.device)
     negatives = (columns[None, :] // group == own[:, None]) & (columns[None, :] % group != 0)
     contrastive = F.cross_entropy(scores.masked_fill(negatives, float("-inf")), own * group)
     student = F.log_softmax(scores.view(n, n, group)[own, own], dim=1)
-    target = F.log_softmax(teacher.float().to(scores.device) / temperature, dim=1)
+    target = F.log_softmax(teacher.to(scores.device, scores.dtype) / temperature, dim=1)
     return contrastive + F.kl_div(student, target, log_target=True, reduction="batchmean")
 
 

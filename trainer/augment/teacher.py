@@ -98,11 +98,13 @@ class Blend:
 
 
 def blends(dense: np.ndarray, bm25: np.ndarray, weight: float, depth: int) -> list[Blend]:
-    """Per row, BM25 mapped onto the dense scores' mean and spread over the union of both top-`depth` lists."""
+    """Per row, BM25 mapped onto the dense scores' mean and spread over the union of both top-`depth` lists
+    (BM25's list holds only documents sharing a term with the query: it retrieves no others)."""
     depth = min(depth, dense.shape[1])
     out = []
     for d, x in zip(dense, bm25):
-        pool = np.union1d(np.argpartition(-d, depth - 1)[:depth], np.argpartition(-x, depth - 1)[:depth])
+        lexical = np.argpartition(-x, depth - 1)[:depth]
+        pool = np.union1d(np.argpartition(-d, depth - 1)[:depth], lexical[x[lexical] > 0])
         spread = float(x[pool].std())
         slope = float(d[pool].std()) / spread if spread > 0 else 0.0
         out.append(Blend(weight, slope, float(d[pool].mean()) - slope * float(x[pool].mean())))
