@@ -427,3 +427,32 @@ def test_fine_tuned_weight_must_be_in_the_unit_interval(tmp_path):
     [export_from] = [p for p in adapt_cmd.params if p.name == "export_from"]
     assert tuple(export_from.type.choices) == EXPORT_FROM
     assert not (tmp_path / "o.adapt-work").exists()
+
+
+def test_hybrid_teacher_mines_its_top_ranks_with_scores_and_trains_on_them(tmp_path):
+    """`dramasearch adapt --hybrid-teacher` end to end: every trained passage carries the teacher's score,
+    the negatives are the teacher's ranks 1-10 without the positive and without a margin filter, and the
+    training run distilled them."""
+    from trainer.cli import adapt_cmd
+
+    out = tmp_path / "out"
+    args = [TINY, "--model", "minilm", "-o", str(out), "--hybrid-teacher", "--batch-size", "4", "--max-steps", "2",
+            "--negatives", "2", "--dev-queries", "4", "--max-train-examples", "40"]
+    result = CliRunner().invoke(adapt_cmd, args, catch_exceptions=False)
+    assert "mined (negative ranks 1-10)" in result.output and "0 negatives dropped by the margin" in result.output
+    work = Path(f"{out}.adapt-work")
+    config = json.loads((work / "mined-crop.jsonl.progress.json").read_text())["config"]
+    assert config["teacher_weight"] == 0.5 and config["margin_ratio"] is None
+    trained = [json.loads(line) for line in (work / "train.jsonl").read_text().splitlines()]
+    assert trained
+    for record in trained:
+        passages = record["positive_passages"] + record["negative_passages"]
+        assert all(isinstance(p["score"], float) for p in passages)
+        negatives = [p["docid"] for p in record["negative_passages"]]
+        # ranks 1-10, less the positive's own document when the teacher ranks it there
+        assert len(set(negatives)) == len(negatives) in (9, 10) and record["positive_passages"][0]["docid"] not in negatives
+        scores = [p["score"] for p in record["negative_passages"]]
+        assert scores == sorted(scores, reverse=True)  # best teacher rank first
+    state = json.loads((work / "train" / "checkpoint" / "state.json").read_text())
+    assert state["settings"]["distill"] is True
+    assert (out / "model.safetensors").is_file()
