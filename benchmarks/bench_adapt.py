@@ -82,6 +82,8 @@ def main() -> None:
                         help="AdaptSettings.hard_queries_first, for the query-selection arm")
     parser.add_argument("--hybrid-teacher", action="store_true",
                         help="AdaptSettings.hybrid_teacher, for the distillation arm")
+    parser.add_argument("--teacher-hard-negatives", type=int, default=0,
+                        help="AdaptSettings.teacher_hard_negatives (with --hybrid-teacher)")
     parser.add_argument("--seed", type=int, default=0, help="AdaptSettings.seed, for the spread between runs")
     parser.add_argument("--temperature", type=float, default=AdaptSettings.temperature,
                         help="AdaptSettings.temperature, for the training ablation")
@@ -111,6 +113,7 @@ def main() -> None:
                                  margin_ratio=margin, llm_queries=args.llm_queries,
                                  crops_per_passage=args.crops_per_passage, title_queries=args.title_queries,
                                  hard_queries_first=args.hard_queries_first, hybrid_teacher=args.hybrid_teacher,
+                                 teacher_hard_negatives=args.teacher_hard_negatives,
                                  seed=args.seed,
                                  temperature=args.temperature, max_train_examples=args.max_train_examples,
                                  attention_dropout=args.attention_dropout))

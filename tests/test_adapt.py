@@ -429,30 +429,47 @@ def test_fine_tuned_weight_must_be_in_the_unit_interval(tmp_path):
     assert not (tmp_path / "o.adapt-work").exists()
 
 
-def test_hybrid_teacher_mines_its_top_ranks_with_scores_and_trains_on_them(tmp_path):
+@pytest.mark.parametrize("hard", [0, 1], ids=["teacher-only", "with-hard-negatives"])
+def test_hybrid_teacher_mines_its_top_ranks_with_scores_and_trains_on_them(tmp_path, hard):
     """`dramasearch adapt --hybrid-teacher` end to end: every trained passage carries the teacher's score,
     the negatives are the teacher's ranks 1-10 without the positive and without a margin filter, and the
-    training run distilled them."""
+    training run distilled them. With --teacher-hard-negatives 1, each query also gets one unscored
+    negative from the default's window moved past the teacher's (ranks 11-15 of the 30 documents),
+    margin-filtered, which training draws for the hard label."""
     from trainer.cli import adapt_cmd
 
     out = tmp_path / "out"
     args = [TINY, "--model", "minilm", "-o", str(out), "--hybrid-teacher", "--batch-size", "4", "--max-steps", "2",
-            "--negatives", "2", "--dev-queries", "4", "--max-train-examples", "40"]
+            "--negatives", "2", "--dev-queries", "4", "--max-train-examples", "40", "--teacher-hard-negatives", str(hard)]
     result = CliRunner().invoke(adapt_cmd, args, catch_exceptions=False)
-    assert "mined (negative ranks 1-10)" in result.output and "0 negatives dropped by the margin" in result.output
+    assert ("mined (negative ranks 1-10, unscored 11-15)" if hard else "mined (negative ranks 1-10)") in result.output
+    assert hard or "0 negatives dropped by the margin" in result.output
     work = Path(f"{out}.adapt-work")
     config = json.loads((work / "mined-crop.jsonl.progress.json").read_text())["config"]
-    assert config["teacher_weight"] == 0.5 and config["margin_ratio"] is None
+    assert config["teacher_weight"] == 0.5
+    assert (config["margin_ratio"], config["hard_ranks"], config["max_negatives"]) == (
+        (0.95, [11, 15], 1) if hard else (None, None, None))
     trained = [json.loads(line) for line in (work / "train.jsonl").read_text().splitlines()]
     assert trained
     for record in trained:
-        passages = record["positive_passages"] + record["negative_passages"]
-        assert all(isinstance(p["score"], float) for p in passages)
-        negatives = [p["docid"] for p in record["negative_passages"]]
+        assert all(isinstance(p["score"], float) for p in record["positive_passages"])
+        scored = [p for p in record["negative_passages"] if "score" in p]
+        unscored = [p["docid"] for p in record["negative_passages"] if "score" not in p]
+        assert record["negative_passages"][: len(scored)] == scored  # the teacher's first
+        negatives = [p["docid"] for p in scored]
         # ranks 1-10, less the positive's own document when the teacher ranks it there
         assert len(set(negatives)) == len(negatives) in (9, 10) and record["positive_passages"][0]["docid"] not in negatives
-        scores = [p["score"] for p in record["negative_passages"]]
+        scores = [p["score"] for p in scored]
         assert scores == sorted(scores, reverse=True)  # best teacher rank first
+        assert len(unscored) == hard and not set(unscored) & {*negatives, record["positive_passages"][0]["docid"]}
     state = json.loads((work / "train" / "checkpoint" / "state.json").read_text())
-    assert state["settings"]["distill"] is True
+    assert (state["settings"]["distill"], state["settings"]["hard_negatives"]) == (True, hard)
     assert (out / "model.safetensors").is_file()
+    if hard:
+        result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"),
+                                                "--teacher-hard-negatives", "1"])
+        assert isinstance(result.exception, UsageError) and "--hybrid-teacher" in str(result.exception)
+        result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"), "--hybrid-teacher",
+                                                "--negatives", "2", "--teacher-hard-negatives", "2"])
+        assert isinstance(result.exception, UsageError) and "leaves none for the teacher" in str(result.exception)
+        assert not (tmp_path / "o.adapt-work").exists()

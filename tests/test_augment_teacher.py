@@ -89,3 +89,41 @@ def test_mining_with_the_teacher_takes_its_top_ranks_with_their_scores(minilm, p
         mine_batch(minilm, corpus, examples, config)
     with pytest.raises(ValueError, match="teacher_weight"):
         MiningConfig(teacher_weight=1.5)
+
+
+def test_mining_with_a_hard_window_adds_its_unscored_margin_filtered_negatives(minilm, passages):
+    """`hard_ranks`: the teacher's window stays whole and scored; after it come at most `max_negatives`
+    unscored passages from the deeper window that pass the margin on the teacher's scale, in rank order."""
+    corpus, scorer = DenseCorpus.encode(minilm, passages), LexicalScorer(passages)
+    examples = [TrainingExample(p.docid, p.text.split(". ")[0], [p], []) for p in passages[:6]]
+    plain = MiningConfig(negative_ranks=(1, 4), margin_ratio=None, teacher_weight=0.5)
+    both = MiningConfig(negative_ranks=(1, 4), margin_ratio=0.1, teacher_weight=0.5, hard_ranks=(5, 20), max_negatives=2)
+    teacher_only, _ = mine_batch(minilm, corpus, examples, plain, scorer)
+    mined, counts = mine_batch(minilm, corpus, examples, both, scorer)
+    q = minilm.encode_queries([e.query for e in examples])
+    dense, bm25 = q @ corpus.embeddings.T, scorer.corpus_scores([e.query for e in examples])
+    scores, ranked, _ = teacher_top_k(dense, bm25, 0.5, 100, 20)
+    dropped = 0
+    assert [e.query_id for e in mined] == [e.query_id for e in teacher_only]
+    for example, alone, out in zip(examples, teacher_only, mined):
+        i = examples.index(example)
+        scored = [p for p in out.negatives if p.score is not None]
+        assert scored == alone.negatives  # the teacher's window: whole, scored, first
+        own = out.positives[0].score
+        passing = []
+        for rank in range(4, 20):
+            row = int(ranked[i][rank])
+            if passages[row].docid == example.positives[0].docid:
+                continue
+            if scores[i][rank] > 0.1 * own:
+                dropped += 1
+            elif len(passing) < 2:
+                passing.append(passages[row].docid)
+            if len(passing) == 2:
+                break
+        assert [p.docid for p in out.negatives[len(scored):]] == passing
+        assert all(p.score is None for p in out.negatives[len(scored):]) and len(passing) >= 1
+    assert counts["dropped_by_margin"] == dropped > 0  # the margin filter did work here
+    for bad in (dict(hard_ranks=(3, 8)), dict(hard_ranks=(20, 30), teacher_weight=None)):
+        with pytest.raises(ValueError, match="hard_ranks"):
+            MiningConfig(**{**dict(negative_ranks=(1, 4), teacher_weight=0.5), **bad})

@@ -104,13 +104,14 @@ def _distilled_by_hand(q, p, teacher, temperature):
     """The loss of losses.distilled_info_nce written out row by row, from its definition."""
     q = q / q.norm(dim=1, keepdim=True)
     p = p / p.norm(dim=1, keepdim=True)
-    n, group = q.shape[0], p.shape[0] // q.shape[0]
+    n, group, k = q.shape[0], p.shape[0] // q.shape[0], teacher.shape[1]
     total = 0.0
     for i in range(n):
         logits = p @ q[i] / temperature
-        keep = [j for j in range(p.shape[0]) if j // group != i or j % group == 0]  # own negatives left out
+        # own teacher-scored negatives (group positions 1..k-1) left out; unscored ones stay as wrong answers
+        keep = [j for j in range(p.shape[0]) if j // group != i or j % group == 0 or j % group >= k]
         total = total - torch.log_softmax(logits[keep], dim=0)[keep.index(i * group)]
-        student = torch.softmax(logits[i * group : (i + 1) * group], dim=0)
+        student = torch.softmax(logits[i * group : i * group + k], dim=0)
         target = torch.softmax(teacher[i] / temperature, dim=0)
         total = total + (target * (target.log() - student.log())).sum()
     return total / n
@@ -127,8 +128,13 @@ def test_distilled_loss_equals_its_definition_and_sums_over_dims():
     total = MatryoshkaInfoNCE(TEMPERATURE, DIMS, WEIGHTS)(q, p, teacher)
     by_dim = sum(w * distilled_info_nce(q[:, :d], p[:, :d], teacher, TEMPERATURE) for d, w in zip(DIMS, WEIGHTS))
     assert abs(total.item() - by_dim.item()) < 1e-9
-    with pytest.raises(ValueError, match="one teacher row per query"):
-        distilled_info_nce(q, p, teacher[:, :2], TEMPERATURE)
+    # the positive and 1 scored negative under the KL, the group's other 2 negatives under the hard label
+    partial = distilled_info_nce(q, p, teacher[:, :2], TEMPERATURE)
+    assert abs(partial.item() - _distilled_by_hand(q, p, teacher[:, :2], TEMPERATURE).item()) < 1e-9
+    assert abs(partial.item() - got.item()) > 1e-3
+    for bad in (teacher[:, :0], teacher[:2], torch.cat([teacher, teacher[:, :1]], dim=1)):
+        with pytest.raises(ValueError, match="one teacher row per query"):
+            distilled_info_nce(q, p, bad, TEMPERATURE)
 
 
 def test_a_negative_the_teacher_rates_high_is_pulled_closer_not_pushed_away():
@@ -148,3 +154,22 @@ def test_a_negative_the_teacher_rates_high_is_pulled_closer_not_pushed_away():
     # d loss / d p . q < 0: a small gradient step raises the passage's similarity to the query
     assert torch.dot(pulled[1], q[0]) < 0 < torch.dot(p.grad[1], q[0])
     assert all(torch.dot(pulled[j], q[0]) > 0 for j in (2, 3))  # the others, rated low, still pushed away
+
+
+def test_an_unscored_negative_stays_under_the_hard_label():
+    """With a teacher for the positive and first negative only, the group's unscored negatives get
+    exactly the gradient plain InfoNCE would give them if it saw the same candidates: pushed away, however
+    the teacher rates the scored one."""
+    from trainer.losses import distilled_info_nce
+
+    q, cols = _embeddings(5)
+    q, p = q[:1], _grouped(cols)[: 1 + NEG].clone().requires_grad_()
+    teacher = torch.tensor([[0.0, 0.5]], dtype=torch.float64)  # the scored negative: a false negative
+    distilled_info_nce(q, p, teacher, TEMPERATURE).backward()
+    assert torch.dot(p.grad[1], q[0]) < 0  # pulled closer, as the teacher says
+    assert all(torch.dot(p.grad[j], q[0]) > 0 for j in (2, 3))  # pushed away by the hard label
+    unscored = p.grad[2:].clone()
+    p.grad = None
+    keep = torch.tensor([0, 2, 3])  # the hard label's candidates: positive and the unscored negatives
+    info_nce(q, p[keep], TEMPERATURE).backward()
+    assert torch.allclose(unscored, p.grad[2:], atol=1e-12)

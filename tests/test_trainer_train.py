@@ -115,6 +115,19 @@ def scored_data(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def mixed_data(tmp_path_factory):
+    """Scored data whose negatives after the first two lost their scores: what `adapt --hybrid-teacher
+    --teacher-hard-negatives` mines (the teacher's top ranks scored, a deeper window unscored)."""
+    from trainer.data import write_examples
+
+    path = tmp_path_factory.mktemp("mixed") / "train.jsonl"
+    mixed = [_scored(e, i) for i, e in enumerate(examples())]
+    write_examples(path, [dataclasses.replace(e, negatives=e.negatives[:2] + [dataclasses.replace(p, score=None)
+                                                                             for p in e.negatives[2:]]) for e in mixed])
+    return path
+
+
 def test_gradcache_equals_one_pass_with_a_teacher(tiny):
     encoder = load_encoder(str(tiny), device="cpu", dtype=torch.float32)
     encoder.model.train()
@@ -349,6 +362,44 @@ def test_distilled_training_reads_the_teacher_scores_of_the_drawn_passages(tiny,
         assert teacher.shape == (4, 3)  # batch 4, positive + 2 negatives
         expected = [[score_of[(q, text)] for text in passages[3 * i : 3 * i + 3]] for i, q in enumerate(queries)]
         assert np.allclose(teacher.numpy(), expected, atol=1e-6)
+
+
+def test_hard_negatives_are_drawn_unscored_after_the_teacher_scored_ones(tiny, data, scored_data, mixed_data, tmp_path,
+                                                                       monkeypatch):
+    """hard_negatives=1 of 3: each group is the positive, 2 teacher-scored negatives (their scores in the
+    teacher rows), then 1 negative drawn from the unscored ones, which no teacher row covers."""
+    from dramasearch.errors import InputError
+
+    seen = []
+    real = train_module.contrastive_step
+
+    def spy(encoder, batch, loss_fn, chunk_size, autocast):
+        decode = lambda ids: encoder.tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
+        seen.append((batch.teacher.clone(), [decode(ids)[len("Query: "):] for ids in batch.queries],
+                     [decode(ids) for ids in batch.passages]))
+        return real(encoder, batch, loss_fn, chunk_size, autocast)
+
+    monkeypatch.setattr(train_module, "contrastive_step", spy)
+    report = train(_settings(tiny, data, tmp_path / "h", train_data=str(mixed_data), distill=True, hard_negatives=1,
+                             negatives_per_query=3, max_steps=2))
+    assert len(report.losses) == 2 and all(np.isfinite(report.losses))
+    by_query = {e.query: e for e in read_examples(mixed_data)}
+    for teacher, queries, passages in seen:
+        assert teacher.shape == (4, 3) and len(passages) == 16
+        for i, q in enumerate(queries):
+            group, example = passages[4 * i : 4 * i + 4], by_query[q]
+            score_of = {p.content(): p.score for p in [*example.positives, *example.negatives]}
+            assert np.allclose(teacher[i].numpy(), [score_of[text] for text in group[:3]], atol=1e-6)
+            assert score_of[group[1]] is not None and score_of[group[2]] is not None
+            assert score_of[group[3]] is None  # the hard label's draw
+    with pytest.raises(InputError, match="needs some of each"):  # all scored: nothing for the hard label
+        train(_settings(tiny, data, tmp_path / "x", train_data=str(scored_data), distill=True,
+                        hard_negatives=1, negatives_per_query=3))
+    with pytest.raises(InputError, match="without a teacher score"):  # unscored negatives without hard_negatives
+        train(_settings(tiny, data, tmp_path / "y", train_data=str(mixed_data), distill=True))
+    for bad in (dict(distill=False), dict(negatives_per_query=1)):
+        with pytest.raises(ValueError, match="hard_negatives=1 needs distill"):
+            TrainSettings(model="m", train_data="t", output="o", **{**dict(distill=True, hard_negatives=1), **bad}).check()
 
 
 # 4. Two ranks (gloo, CPU) see every rank's negatives: same losses as one process ----------------

@@ -110,6 +110,10 @@ class AdaptSettings:
     # mine with a hybrid teacher (the starting model blended with BM25, augment/teacher.py): negatives from
     # its top ranks (TEACHER_WINDOW), each with its teacher score, which training distils (losses.py)
     hybrid_teacher: bool = False
+    # with hybrid_teacher: this many of each query's negatives come from the default's window (ranks 30-50 of
+    # the teacher, margin-filtered, at most this many kept) and stay under the hard label; the rest from
+    # TEACHER_WINDOW, distilled. 0: all from TEACHER_WINDOW
+    teacher_hard_negatives: int = 0
     negative_ranks: tuple[int, int] | None = None  # None: (30, 50), scaled down for corpora under 100 docs
     # drop negatives scoring above this x the positive's score; not with hybrid_teacher, whose scores
     # judge the hard negatives instead
@@ -158,6 +162,9 @@ class AdaptSettings:
         for name in ("max_train_examples", "max_steps", "batch_size", "max_length"):
             validate.optional_integer(name, getattr(self, name))
         validate.optional_integer("negatives_per_query", self.negatives_per_query, minimum=0)
+        validate.integer("teacher_hard_negatives", self.teacher_hard_negatives, minimum=0)
+        if self.teacher_hard_negatives and not self.hybrid_teacher:
+            raise UsageError("teacher_hard_negatives", "splits a hybrid teacher's negatives; give --hybrid-teacher too")
         validate.integer("dev_queries", self.dev_queries, minimum=1)
         validate.integer("dev_corpus_size", self.dev_corpus_size, minimum=2)
         validate.integer("evaluations", self.evaluations, minimum=1)
@@ -210,6 +217,7 @@ class AdaptReport:
     llm_examples: int = 0
     mined: dict[str, dict[str, int]] = field(default_factory=dict)  # per source: examples, drop counts
     negative_ranks: tuple[int, int] = WIDE_WINDOW
+    hard_negative_ranks: tuple[int, int] | None = None  # with a hybrid teacher's hard-label window
     train_examples: int = 0
     train_informative: int = 0  # of them, mined at INFORMATIVE_RANKS
     dev_queries: int = 0
@@ -234,11 +242,14 @@ class AdaptReport:
         return None if self.baseline_kept else self.candidate_step
 
     def summary(self) -> str:
+        windows = "{}-{}".format(*self.negative_ranks)
+        if self.hard_negative_ranks:
+            windows += ", unscored {}-{}".format(*self.hard_negative_ranks)
         lines = [
             f"corpus: {self.corpus_documents} documents; augmented: {self.crop_examples} cropped-sentence queries"
             + (f", {self.title_examples} title queries" if self.title_examples else "")
             + (f", {self.llm_examples} LLM queries" if self.llm_examples else ""),
-            "mined (negative ranks {}-{}): {}".format(*self.negative_ranks, "; ".join(
+            "mined (negative ranks {}): {}".format(windows, "; ".join(
                 f"{k}: {v.get('examples', 0)} kept, {v.get('dropped_by_margin', 0)} negatives dropped by the margin, "
                 f"{v.get('dropped_few_negatives', 0)} queries without enough negatives" for k, v in self.mined.items())),
             f"training: {self.train_examples} examples ({self.train_informative} with the positive mined at ranks "
@@ -275,11 +286,15 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
     settings.check()
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     defaults = GPU_DEFAULTS if device.startswith("cuda") else CPU_DEFAULTS
+    negatives = _or(settings.negatives_per_query, defaults.negatives_per_query)
+    if settings.teacher_hard_negatives and settings.teacher_hard_negatives >= negatives:
+        raise UsageError("teacher_hard_negatives", f"{settings.teacher_hard_negatives} of {negatives} negatives per "
+                                                   "query leaves none for the teacher; give fewer, or more --negatives")
     work = settings.work
     work.mkdir(parents=True, exist_ok=True)
     report = AdaptReport(output=settings.output, work_dir=str(work), device=device)
     report.batch_size = _or(settings.batch_size, defaults.batch_size)
-    report.negatives_per_query = _or(settings.negatives_per_query, defaults.negatives_per_query)
+    report.negatives_per_query = negatives
     corpus = str(Path(settings.corpus).resolve())
 
     side = MiningSide(settings, work / "index", device, report)
@@ -301,7 +316,11 @@ def adapt(settings: AdaptSettings) -> AdaptReport:
 
     with _timed(report, "mine", side):
         if settings.hybrid_teacher:  # every window negative kept: training draws its negatives from them
-            config = MiningConfig(negative_ranks=report.negative_ranks, margin_ratio=None, teacher_weight=TEACHER_WEIGHT)
+            hard = settings.teacher_hard_negatives
+            report.hard_negative_ranks = _hard_window(report.negative_ranks, report.corpus_documents) if hard else None
+            config = MiningConfig(negative_ranks=report.negative_ranks, teacher_weight=TEACHER_WEIGHT,
+                                  hard_ranks=report.hard_negative_ranks, max_negatives=hard or None,
+                                  margin_ratio=settings.margin_ratio if hard else None)
         else:
             config = MiningConfig(negative_ranks=report.negative_ranks, margin_ratio=settings.margin_ratio,
                                   max_negatives=max(report.negatives_per_query, 1))
@@ -343,6 +362,14 @@ def negative_window(documents: int) -> tuple[int, int]:
         return WIDE_WINDOW
     lo = max(2, documents * 3 // 10)
     return lo, max(lo, documents // 2)
+
+
+def _hard_window(teacher: tuple[int, int], documents: int) -> tuple[int, int]:
+    """The default's window for a hybrid teacher's unscored negatives, past the teacher's own (a small
+    corpus's 30%-50% can reach into its top 10)."""
+    lo, hi = negative_window(documents)
+    lo = max(lo, teacher[1] + 1)
+    return lo, max(lo, hi)
 
 
 # --- step 1: the mining index ---------------------------------------------------------------
@@ -601,7 +628,8 @@ def _train(settings: AdaptSettings, work: Path, device: str, report: AdaptReport
         model=settings.model, train_data=str(work / "train.jsonl"), output=str(work / "train"),
         negatives_per_query=report.negatives_per_query, batch_size=min(report.batch_size, examples),
         max_steps=steps, learning_rate=settings.learning_rate, warmup_steps=int(settings.warmup_ratio * steps),
-        temperature=settings.temperature, distill=settings.hybrid_teacher, attention_dropout=settings.attention_dropout,
+        temperature=settings.temperature, distill=settings.hybrid_teacher,
+        hard_negatives=settings.teacher_hard_negatives, attention_dropout=settings.attention_dropout,
         matryoshka_dims=tuple(settings.matryoshka_dims),
         max_length=settings.max_length, seed=settings.seed, save_steps=every, eval_steps=every,
         dev_corpus=str(dev / "corpus.jsonl"), dev_queries=str(dev / "queries.jsonl"), dev_qrels=str(dev / "qrels.tsv"),

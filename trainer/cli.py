@@ -48,6 +48,9 @@ ATTENTION_DROPOUT = click.option(
 @click.option("--distill", is_flag=True,
               help="Judge hard negatives by the teacher scores stored with them (\"score\" per passage, as "
                    "`adapt --hybrid-teacher` mines them) through KL, instead of as wrong answers.")
+@click.option("--hard-negatives", type=int, default=0, show_default=True,
+              help="With --distill: of each query's --negatives, this many are drawn from its unscored negatives "
+                   "(judged wrong), the rest from its teacher-scored ones.")
 @ATTENTION_DROPOUT
 @click.option("--matryoshka-dims", default=None, help=DIMS_HELP)
 @click.option("--matryoshka-weights", default=None, help="One weight per Matryoshka dim (default: all 1).")
@@ -120,6 +123,9 @@ def export_cmd(model, out_dir, max_length) -> None:
 @click.option("--hybrid-teacher/--no-hybrid-teacher", "hybrid_teacher", default=False, show_default=True,
               help="Mine with the starting model blended with BM25 as a teacher: negatives from its top 10, and "
                    "training distils its scores of them (KL) instead of the margin filter.")
+@click.option("--teacher-hard-negatives", type=int, default=0, show_default=True,
+              help="With --hybrid-teacher: of each query's --negatives, this many come from the teacher's ranks 30-50 "
+                   "(margin-filtered, judged wrong as without a teacher), the rest from its top 10 (distilled).")
 @click.option("--llm", default="smollm2", show_default=True, help="Causal LM for --llm-queries: smollm2, a .gguf, a folder or hub id.")
 @click.option("--max-train-examples", type=int, default=None, help="Cap on training pairs (default 1200 on CPU, 20000 on GPU).")
 @click.option("--max-steps", type=int, default=None, help="Training steps (default: one pass over the training pairs).")

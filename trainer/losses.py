@@ -7,8 +7,8 @@ temperature: cosine for models that normalize (at each Matryoshka dim the embedd
 truncated and re-normalized first), the plain dot product of the truncations for models
 without a Normalize step, exactly as `Encoder.encode_*(dim=d)` and an index serve them.
 
-With teacher scores (mining with a hybrid teacher), a query's own hard negatives are judged by the
-teacher instead (`distilled_info_nce`).
+With teacher scores (mining with a hybrid teacher), a query's teacher-scored hard negatives are judged
+by the teacher instead (`distilled_info_nce`); unscored ones stay under the hard label.
 """
 from __future__ import annotations
 
@@ -37,18 +37,23 @@ def info_nce(queries: torch.Tensor, passages: torch.Tensor, temperature: float, 
 
 def distilled_info_nce(queries: torch.Tensor, passages: torch.Tensor, teacher: torch.Tensor, temperature: float,
                        normalize: bool = True) -> torch.Tensor:
-    """InfoNCE of each positive against the other queries' passages only, plus KL(teacher || model)
-    over the query's own group (positive and hard negatives), both softmaxes at `temperature`.
+    """InfoNCE of each positive against every passage but its own teacher-scored ones, plus
+    KL(teacher || model) over those (the positive and the hard negatives the teacher scored), both
+    softmaxes at `temperature`.
 
-    The hard negatives are the teacher's own top ranks, where unlabelled positives crowd: called
-    wrong outright they would teach the model to push relevant documents away (the margin filter
-    ablation, RESULTS §13.3); under the KL one the teacher rates high stays close. `teacher` is
-    [queries, group] in the model's similarity units (augment/teacher.py), in `passages`' order.
+    The teacher-scored negatives are the teacher's own top ranks, where unlabelled positives crowd:
+    called wrong outright they would teach the model to push relevant documents away (the margin
+    filter ablation, RESULTS §13.3); under the KL one the teacher rates high stays close. `teacher` is
+    [queries, k] in the model's similarity units (augment/teacher.py) for the first k passages of each
+    query's group; the rest of the group (deep-ranked negatives, `TrainSettings.hard_negatives`) stays
+    under the hard label with the other queries' passages.
     """
     n = queries.shape[0]
-    if passages.shape[0] % n or teacher.shape != (n, passages.shape[0] // n):
+    k = teacher.shape[1] if teacher.dim() == 2 else 0
+    if passages.shape[0] % n or teacher.shape[0] != n or not 1 <= k <= passages.shape[0] // n:
         raise ValueError(f"{passages.shape[0]} passages and teacher scores {tuple(teacher.shape)} do not form "
-                         f"{n} equal groups (1 positive + negatives), one teacher row per query")
+                         f"{n} equal groups (1 positive + negatives) with one teacher row per query, "
+                         "scoring the first 1 to group-size passages of each")
     group = passages.shape[0] // n
     if normalize:
         queries, passages = truncate_normalize_tensor(queries), truncate_normalize_tensor(passages)
@@ -56,9 +61,9 @@ def distilled_info_nce(queries: torch.Tensor, passages: torch.Tensor, teacher: t
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) / temperature  # bf16 autocast: softmax in fp32
     own = torch.arange(n, device=scores.device)
     columns = torch.arange(scores.shape[1], device=scores.device)
-    negatives = (columns[None, :] // group == own[:, None]) & (columns[None, :] % group != 0)
-    contrastive = F.cross_entropy(scores.masked_fill(negatives, float("-inf")), own * group)
-    student = F.log_softmax(scores.view(n, n, group)[own, own], dim=1)
+    scored = (columns[None, :] // group == own[:, None]) & (columns[None, :] % group != 0) & (columns[None, :] % group < k)
+    contrastive = F.cross_entropy(scores.masked_fill(scored, float("-inf")), own * group)
+    student = F.log_softmax(scores.view(n, n, group)[own, own, :k], dim=1)
     target = F.log_softmax(teacher.to(scores.device, scores.dtype) / temperature, dim=1)
     return contrastive + F.kl_div(student, target, log_target=True, reduction="batchmean")
 

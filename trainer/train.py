@@ -40,7 +40,7 @@ from dramasearch.fsutil import atomic_write_bytes
 from dramasearch.models import load_encoder
 
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
-from .data import TrainingExample, read_examples
+from .data import Passage, TrainingExample, read_examples
 from .devset import DevSet, gain_confidence, mean, per_query_ndcg10
 from .export import export_encoder
 from .gradcache import TokenizedBatch, contrastive_step
@@ -68,6 +68,9 @@ class TrainSettings:
     # judge each query's hard negatives by the teacher scores mining stored with them (a hybrid teacher,
     # augment/teacher.py) through KL, instead of as wrong answers (losses.distilled_info_nce)
     distill: bool = False
+    # with distill: this many of each query's negatives_per_query are drawn from its unscored negatives
+    # (deep ranks, judged wrong by the hard label), the rest from its teacher-scored ones (judged by KL)
+    hard_negatives: int = 0
     matryoshka_dims: tuple[int, ...] = ()  # () = full dimension only
     matryoshka_weights: tuple[float, ...] = ()  # () = 1 for each dim
     chunk_size: int | None = None  # GradCache: sequences per forward; None = whole batch in one pass
@@ -93,6 +96,9 @@ class TrainSettings:
     def check(self) -> None:
         if self.negatives_per_query < 0:
             raise ValueError(f"negatives_per_query must be >= 0, got {self.negatives_per_query}")
+        if self.hard_negatives and not (self.distill and 0 < self.hard_negatives < self.negatives_per_query):
+            raise ValueError(f"hard_negatives={self.hard_negatives} needs distill and fewer than negatives_per_query="
+                             f"{self.negatives_per_query}: the rest of the negatives are the teacher's")
         if self.batch_size < 1 or self.epochs < 1 or self.save_steps < 1 or self.eval_steps < 1:
             raise ValueError("batch_size, epochs, save_steps and eval_steps must be >= 1")
         if self.max_steps is not None and self.max_steps < 1:
@@ -277,14 +283,28 @@ def _check_examples(examples: list[TrainingExample], settings: TrainSettings) ->
         if settings.negatives_per_query and not example.negatives:
             raise InputError(settings.train_data, None, "negative_passages",
                              f"query {example.query_id!r} has no negatives; mine negatives or set negatives_per_query=0")
-        repeated += len(example.negatives) < settings.negatives_per_query
-        if settings.distill:
-            for key, passages in (("positive_passages", example.positives), ("negative_passages", example.negatives)):
-                if any(p.score is None for p in passages):
-                    raise InputError(settings.train_data, None, f"{key}[].score",
-                                     f"query {example.query_id!r} has a passage without a teacher score; distillation "
-                                     "needs data mined with a hybrid teacher (adapt --hybrid-teacher), or distill=False")
+        scored, unscored = _split_negatives(example) if settings.distill else (example.negatives, [])
+        repeated += (len(scored) < settings.negatives_per_query - settings.hard_negatives
+                     or len(unscored) < settings.hard_negatives)
+        if not settings.distill:
+            continue
+        where = ("positive_passages" if any(p.score is None for p in example.positives)
+                 else "negative_passages" if unscored and not settings.hard_negatives else None)
+        if where:
+            raise InputError(settings.train_data, None, f"{where}[].score",
+                             f"query {example.query_id!r} has a passage without a teacher score; distillation "
+                             "needs data mined with a hybrid teacher (adapt --hybrid-teacher), or distill=False")
+        if settings.hard_negatives and not (scored and unscored):
+            raise InputError(settings.train_data, None, "negative_passages[].score",
+                             f"query {example.query_id!r} has {len(scored)} teacher-scored and {len(unscored)} "
+                             f"unscored negatives; hard_negatives={settings.hard_negatives} needs some of each "
+                             "(adapt --hybrid-teacher --teacher-hard-negatives N mines both)")
     return repeated
+
+
+def _split_negatives(example: TrainingExample) -> tuple[list[Passage], list[Passage]]:
+    """(teacher-scored, unscored) negatives, each in its mined order."""
+    return ([p for p in example.negatives if p.score is not None], [p for p in example.negatives if p.score is None])
 
 
 def _batch(encoder: Encoder, examples, step: int, steps_per_epoch: int, settings: TrainSettings, rank: int, world: int):
@@ -298,17 +318,22 @@ def _batch(encoder: Encoder, examples, step: int, steps_per_epoch: int, settings
     per_rank = settings.batch_size // world
     start = position * settings.batch_size + rank * per_rank
     queries, passages = [], []
+    teacher = []
     for index in order[start : start + per_rank]:
         example = examples[index]
         rng = np.random.default_rng([settings.seed, epoch, int(index)])
-        n, negatives = settings.negatives_per_query, example.negatives
-        picks = rng.choice(len(negatives), n, replace=len(negatives) < n) if n else []
+        pools = _split_negatives(example) if settings.hard_negatives else (example.negatives, [])
+        # teacher-scored draws first: the loss scores a group's first passages by the teacher
+        drawn = []
+        for negatives, n in zip(pools, (settings.negatives_per_query - settings.hard_negatives, settings.hard_negatives)):
+            picks = rng.choice(len(negatives), n, replace=len(negatives) < n) if n else []
+            drawn.extend(negatives[int(i)] for i in picks)
         queries.append(example.query)
-        passages.append(example.positives[int(rng.integers(len(example.positives)))])
-        passages.extend(negatives[int(i)] for i in picks)
-    teacher = None
-    if settings.distill:
-        teacher = torch.tensor([p.score for p in passages], dtype=torch.float32).view(len(queries), -1)
+        group = [example.positives[int(rng.integers(len(example.positives)))], *drawn]
+        passages.extend(group)
+        if settings.distill:
+            teacher.append([p.score for p in group[: len(group) - settings.hard_negatives]])
+    teacher = torch.tensor(teacher, dtype=torch.float32) if settings.distill else None
     return TokenizedBatch(encoder.tokenize(queries, encoder.spec.query_prefix),
                           encoder.tokenize([p.content() for p in passages], encoder.spec.document_prefix), teacher)
 

@@ -6,7 +6,7 @@ candidate scoring above `margin_ratio` x the positive's score, the likeliest fal
 
 With `teacher_weight` set, the ranking, the window and the margin are those of a hybrid teacher
 (teacher.py: the dense score blended with BM25's), and every mined passage keeps its teacher score
-for distillation.
+for distillation, but those of `hard_ranks`: a deeper window whose negatives training calls wrong.
 """
 from __future__ import annotations
 
@@ -52,6 +52,10 @@ class MiningConfig:
     # the dense share of a hybrid teacher (teacher.py) that ranks and scores instead of the retriever alone
     teacher_weight: float | None = None
     teacher_depth: int = 100  # each query's candidate pool for the teacher's normalization: both top-N lists
+    # with a teacher: a second, deeper window of the teacher's ranking whose negatives are kept without a
+    # score, for training's hard label. margin_ratio and max_negatives then apply to it alone; the
+    # teacher's window (negative_ranks) is kept whole, every passage with its score
+    hard_ranks: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         lo, hi = self.negative_ranks
@@ -63,6 +67,11 @@ class MiningConfig:
             raise ValueError(f"teacher_weight must be in [0, 1] (the dense share), got {self.teacher_weight}")
         if self.teacher_depth < 1:
             raise ValueError(f"teacher_depth must be >= 1, got {self.teacher_depth}")
+        if self.hard_ranks is not None:
+            first, last = self.hard_ranks
+            if self.teacher_weight is None or not hi < first <= last:
+                raise ValueError(f"hard_ranks must follow the teacher's window {self.negative_ranks} and needs "
+                                 f"teacher_weight, got {self.hard_ranks}")
 
 
 def select_negatives(
@@ -109,7 +118,7 @@ def mine_batch(
         return [], {}
     queries = [e.query for e in examples]
     q = encoder.encode_queries(queries, dim=config.dim)
-    depth = max(config.negative_ranks[1], config.top_positives)
+    depth = max(config.negative_ranks[1], config.top_positives, config.hard_ranks[1] if config.hard_ranks else 0)
     if lexical is None:
         scores, ranked = top_k(q, corpus.embeddings, depth)
         bm25 = blends = None
@@ -133,9 +142,16 @@ def mine_batch(
         # The least similar positive sets the bar: the strictest threshold against false negatives.
         positive_score = float(positive_scores.min())
         positive_rows = {r for p in positives if (r := corpus.position(p.docid)) is not None}
-        negatives, dropped = select_negatives(ranked[i], scores[i], positive_rows, positive_score, config)
+        hard: list[int] = []
+        if config.hard_ranks is None:
+            negatives, dropped = select_negatives(ranked[i], scores[i], positive_rows, positive_score, config)
+        else:
+            negatives, _ = select_negatives(ranked[i], scores[i], positive_rows, positive_score,
+                                            dataclasses.replace(config, margin_ratio=None, max_negatives=None))
+            hard, dropped = select_negatives(ranked[i], scores[i], positive_rows, positive_score,
+                                             dataclasses.replace(config, negative_ranks=config.hard_ranks, hard_ranks=None))
         counts["dropped_by_margin"] += dropped
-        if len(negatives) < config.min_negatives:
+        if len(negatives) < config.min_negatives or (config.hard_ranks and len(hard) < config.min_negatives):
             counts["dropped_few_negatives"] += 1
             continue
         rank = positive_rank(ranked[i], scores[i], positive_rows, positive_score)
@@ -145,6 +161,7 @@ def mine_batch(
             teacher = dict(zip(ranked[i].tolist(), scores[i].tolist()))
             positives = [dataclasses.replace(p, score=float(s)) for p, s in zip(positives, positive_scores)]
             negative_passages = [dataclasses.replace(p, score=teacher[r]) for p, r in zip(negative_passages, negatives)]
+            negative_passages += [corpus.passages[r] for r in hard]  # unscored: the hard label's
         out.append(TrainingExample(example.query_id, example.query, positives, negative_passages, mined_rank=rank))
     return out, counts
 
