@@ -341,9 +341,8 @@ def test_too_few_negatives_and_examples_are_reported(tiny, data, tmp_path):
     assert info.value.field == "positive_passages[].score"
 
 
-def test_distilled_training_reads_the_teacher_scores_of_the_drawn_passages(tiny, data, scored_data, tmp_path, monkeypatch):
-    """Each step's teacher rows are the stored scores of exactly the positive and negatives the step drew for
-    each query (the same text scores differently for different queries)."""
+def _spy_on_batches(monkeypatch) -> list:
+    """Record each training step's (teacher rows, query texts, passage texts), then run the step."""
     seen = []
     real = train_module.contrastive_step
 
@@ -354,6 +353,13 @@ def test_distilled_training_reads_the_teacher_scores_of_the_drawn_passages(tiny,
         return real(encoder, batch, loss_fn, chunk_size, autocast)
 
     monkeypatch.setattr(train_module, "contrastive_step", spy)
+    return seen
+
+
+def test_distilled_training_reads_the_teacher_scores_of_the_drawn_passages(tiny, data, scored_data, tmp_path, monkeypatch):
+    """Each step's teacher rows are the stored scores of exactly the positive and negatives the step drew for
+    each query (the same text scores differently for different queries)."""
+    seen = _spy_on_batches(monkeypatch)
     report = train(_settings(tiny, data, tmp_path / "d", train_data=str(scored_data), distill=True, max_steps=2))
     assert len(report.losses) == 2 and all(np.isfinite(report.losses))
     score_of = {(e.query, p.content()): p.score for e in read_examples(scored_data) for p in [*e.positives, *e.negatives]}
@@ -370,16 +376,7 @@ def test_hard_negatives_are_drawn_unscored_after_the_teacher_scored_ones(tiny, d
     teacher rows), then 1 negative drawn from the unscored ones, which no teacher row covers."""
     from dramasearch.errors import InputError
 
-    seen = []
-    real = train_module.contrastive_step
-
-    def spy(encoder, batch, loss_fn, chunk_size, autocast):
-        decode = lambda ids: encoder.tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
-        seen.append((batch.teacher.clone(), [decode(ids)[len("Query: "):] for ids in batch.queries],
-                     [decode(ids) for ids in batch.passages]))
-        return real(encoder, batch, loss_fn, chunk_size, autocast)
-
-    monkeypatch.setattr(train_module, "contrastive_step", spy)
+    seen = _spy_on_batches(monkeypatch)
     report = train(_settings(tiny, data, tmp_path / "h", train_data=str(mixed_data), distill=True, hard_negatives=1,
                              negatives_per_query=3, max_steps=2))
     assert len(report.losses) == 2 and all(np.isfinite(report.losses))
