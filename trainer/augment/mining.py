@@ -131,6 +131,9 @@ def mine_batch(
     # example: on a GPU a call for one passage is mostly launch overhead (RESULTS §13.14).
     vectors = corpus.passage_vectors(encoder, [p for positives in positives_of for p in positives], config.dim)
     vectors_of = np.split(vectors, np.cumsum([len(positives) for positives in positives_of])[:-1])
+    if config.hard_ranks is not None:  # the two windows' selections, built once for the batch
+        teacher_window = dataclasses.replace(config, margin_ratio=None, max_negatives=None)
+        hard_window = dataclasses.replace(config, negative_ranks=config.hard_ranks, hard_ranks=None)
     out, counts = [], {"dropped_by_margin": 0, "dropped_few_negatives": 0, "no_positive": 0, **dict.fromkeys(RANK_BANDS, 0)}
     for i, (example, positives, positive_vectors) in enumerate(zip(examples, positives_of, vectors_of)):
         if not positives:
@@ -146,10 +149,8 @@ def mine_batch(
         if config.hard_ranks is None:
             negatives, dropped = select_negatives(ranked[i], scores[i], positive_rows, positive_score, config)
         else:
-            negatives, _ = select_negatives(ranked[i], scores[i], positive_rows, positive_score,
-                                            dataclasses.replace(config, margin_ratio=None, max_negatives=None))
-            hard, dropped = select_negatives(ranked[i], scores[i], positive_rows, positive_score,
-                                             dataclasses.replace(config, negative_ranks=config.hard_ranks, hard_ranks=None))
+            negatives, _ = select_negatives(ranked[i], scores[i], positive_rows, positive_score, teacher_window)
+            hard, dropped = select_negatives(ranked[i], scores[i], positive_rows, positive_score, hard_window)
         counts["dropped_by_margin"] += dropped
         if len(negatives) < config.min_negatives or (config.hard_ranks and len(hard) < config.min_negatives):
             counts["dropped_few_negatives"] += 1
