@@ -80,10 +80,11 @@ def main() -> None:
     parser.add_argument("--title-queries", action="store_true", help="AdaptSettings.title_queries, for the source arm")
     parser.add_argument("--hard-queries-first", action="store_true",
                         help="AdaptSettings.hard_queries_first, for the query-selection arm")
-    parser.add_argument("--hybrid-teacher", action="store_true",
-                        help="AdaptSettings.hybrid_teacher, for the distillation arm")
-    parser.add_argument("--teacher-hard-negatives", type=int, default=0,
-                        help="AdaptSettings.teacher_hard_negatives (with --hybrid-teacher)")
+    parser.add_argument("--hybrid-teacher", action=argparse.BooleanOptionalAction, default=None,
+                        help="AdaptSettings.hybrid_teacher (default: the device's; --no-hybrid-teacher runs the "
+                             "crop-only default of RESULTS §13.3-13.16 on a CPU)")
+    parser.add_argument("--teacher-hard-negatives", type=int, default=None,
+                        help="AdaptSettings.teacher_hard_negatives (default: the device's)")
     parser.add_argument("--seed", type=int, default=0, help="AdaptSettings.seed, for the spread between runs")
     parser.add_argument("--temperature", type=float, default=AdaptSettings.temperature,
                         help="AdaptSettings.temperature, for the training ablation")

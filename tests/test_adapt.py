@@ -20,7 +20,8 @@ from dramasearch.index.build import BuildSettings, build_index
 from dramasearch.index.generation import IndexDir
 from dramasearch.models import load_encoder
 from dramasearch.searcher import Searcher
-from trainer.adapt import EXPORT_FROM, MAX_CROPS, AdaptReport, AdaptSettings, adapt, crops_per_passage, mix_plan, negative_window
+from trainer.adapt import (CPU_DEFAULTS, EXPORT_FROM, GPU_DEFAULTS, MAX_CROPS, AdaptReport, AdaptSettings, _resolve_teacher,
+                           adapt, crops_per_passage, mix_plan, negative_window)
 from trainer.export import export_encoder, load_encoder as load_export
 from trainer.losses import MatryoshkaInfoNCE
 
@@ -65,6 +66,8 @@ def test_adapt_exports_a_loadable_model_and_refreshes_the_index(adapted, minilm)
     settings, report, before = adapted
     work = Path(report.work_dir)
     assert report.steps == 2 and report.batch_size == 4
+    # a CPU's default: the hybrid teacher's top 10, plus 1 hard-label negative from the small corpus's wide window
+    assert report.hybrid_teacher and report.negative_ranks == (1, 10) and report.hard_negative_ranks == (11, 15)
     assert report.corpus_documents == 30 and report.crop_examples > 30  # several crops per passage
     assert len({json.loads(line)["positive_passages"][0]["docid"]
                 for line in (work / "crop.jsonl").read_text().splitlines()}) < report.crop_examples
@@ -152,6 +155,23 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
                                             "--min-dev-confidence", "1"])
     assert isinstance(result.exception, UsageError) and "min_dev_confidence" in str(result.exception)
     assert not (tmp_path / "o.adapt-work").exists()
+
+
+def test_the_teacher_defaults_follow_the_device():
+    """None means the device's choice (RESULTS §13.19): the hybrid teacher with 1 hard-label negative on a
+    CPU, the wide window alone on a GPU; an explicit setting wins, and the default share of hard-label
+    negatives always leaves the teacher one."""
+    def resolved(defaults, negatives=3, **given):
+        return _resolve_teacher(AdaptSettings(corpus=TINY, model="minilm", output="o", **given), defaults, negatives)
+
+    assert (resolved(CPU_DEFAULTS).hybrid_teacher, resolved(CPU_DEFAULTS).teacher_hard_negatives) == (True, 1)
+    assert (resolved(GPU_DEFAULTS).hybrid_teacher, resolved(GPU_DEFAULTS).teacher_hard_negatives) == (False, 0)
+    assert resolved(CPU_DEFAULTS, negatives=1).teacher_hard_negatives == 0
+    assert resolved(CPU_DEFAULTS, hybrid_teacher=False).teacher_hard_negatives == 0
+    assert resolved(GPU_DEFAULTS, hybrid_teacher=True).teacher_hard_negatives == 0
+    assert resolved(CPU_DEFAULTS, teacher_hard_negatives=2).teacher_hard_negatives == 2
+    with pytest.raises(UsageError, match="--hybrid-teacher too"):
+        resolved(GPU_DEFAULTS, teacher_hard_negatives=1)
 
 
 def test_negative_window_scales_down_for_small_corpora():
@@ -467,8 +487,8 @@ def test_hybrid_teacher_mines_its_top_ranks_with_scores_and_trains_on_them(tmp_p
     assert (out / "model.safetensors").is_file()
     if hard:
         result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"),
-                                                "--teacher-hard-negatives", "1"])
-        assert isinstance(result.exception, UsageError) and "--hybrid-teacher" in str(result.exception)
+                                                "--no-hybrid-teacher", "--teacher-hard-negatives", "1"])
+        assert isinstance(result.exception, UsageError) and "--no-hybrid-teacher" in str(result.exception)
         result = CliRunner().invoke(adapt_cmd, [TINY, "--model", "minilm", "-o", str(tmp_path / "o"), "--hybrid-teacher",
                                                 "--negatives", "2", "--teacher-hard-negatives", "2"])
         assert isinstance(result.exception, UsageError) and "leaves none for the teacher" in str(result.exception)

@@ -120,12 +120,14 @@ def export_cmd(model, out_dir, max_length) -> None:
 @click.option("--hard-queries-first/--random-queries", "hard_queries_first", default=False, show_default=True,
               help="When there are more augmented queries than the cap, keep first those whose document the starting "
                    "model ranks 2nd-20th (a query it already answers at rank 1 teaches little), not a random share.")
-@click.option("--hybrid-teacher/--no-hybrid-teacher", "hybrid_teacher", default=False, show_default=True,
+@click.option("--hybrid-teacher/--no-hybrid-teacher", "hybrid_teacher", default=None,
               help="Mine with the starting model blended with BM25 as a teacher: negatives from its top 10, and "
-                   "training distils its scores of them (KL) instead of the margin filter.")
-@click.option("--teacher-hard-negatives", type=int, default=0, show_default=True,
-              help="With --hybrid-teacher: of each query's --negatives, this many come from the teacher's ranks 30-50 "
-                   "(margin-filtered, judged wrong as without a teacher), the rest from its top 10 (distilled).")
+                   "training distils its scores of them (KL) instead of the margin filter (default: on for CPU, "
+                   "off on GPU).")
+@click.option("--teacher-hard-negatives", type=int, default=None,
+              help="With the hybrid teacher: of each query's --negatives, this many come from the teacher's ranks "
+                   "30-50 (margin-filtered, judged wrong as without a teacher), the rest from its top 10 (distilled; "
+                   "default 1 on CPU, 0 on GPU).")
 @click.option("--llm", default="smollm2", show_default=True, help="Causal LM for --llm-queries: smollm2, a .gguf, a folder or hub id.")
 @click.option("--max-train-examples", type=int, default=None, help="Cap on training pairs (default 1200 on CPU, 20000 on GPU).")
 @click.option("--max-steps", type=int, default=None, help="Training steps (default: one pass over the training pairs).")
