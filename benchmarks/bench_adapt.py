@@ -82,7 +82,7 @@ def main() -> None:
                         help="AdaptSettings.hard_queries_first, for the query-selection arm")
     parser.add_argument("--hybrid-teacher", action=argparse.BooleanOptionalAction, default=None,
                         help="AdaptSettings.hybrid_teacher (default: the device's; --no-hybrid-teacher runs the "
-                             "crop-only default of RESULTS §13.3-13.16 on a CPU)")
+                             "crop-only CPU default before RESULTS §13.19)")
     parser.add_argument("--teacher-hard-negatives", type=int, default=None,
                         help="AdaptSettings.teacher_hard_negatives (default: the device's)")
     parser.add_argument("--seed", type=int, default=0, help="AdaptSettings.seed, for the spread between runs")
