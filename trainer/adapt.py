@@ -170,8 +170,6 @@ class AdaptSettings:
             validate.optional_integer(name, getattr(self, name))
         validate.optional_integer("negatives_per_query", self.negatives_per_query, minimum=0)
         validate.optional_integer("teacher_hard_negatives", self.teacher_hard_negatives, minimum=0)
-        if self.teacher_hard_negatives and self.hybrid_teacher is False:
-            raise UsageError("teacher_hard_negatives", "splits a hybrid teacher's negatives; drop --no-hybrid-teacher")
         validate.integer("dev_queries", self.dev_queries, minimum=1)
         validate.integer("dev_corpus_size", self.dev_corpus_size, minimum=2)
         validate.integer("evaluations", self.evaluations, minimum=1)
@@ -380,9 +378,9 @@ def _resolve_teacher(settings: AdaptSettings, defaults: DeviceDefaults, negative
     teacher = _or(settings.hybrid_teacher, defaults.hybrid_teacher)
     hard = _or(settings.teacher_hard_negatives,
                min(defaults.teacher_hard_negatives, max(negatives - 1, 0)) if teacher else 0)
-    if hard and not teacher:
-        raise UsageError("teacher_hard_negatives", "splits a hybrid teacher's negatives, which is off by default on "
-                                                   "this device; give --hybrid-teacher too")
+    if hard and not teacher:  # off by --no-hybrid-teacher or by the device's default
+        raise UsageError("teacher_hard_negatives", "splits a hybrid teacher's negatives, and the teacher is off "
+                                                   "(--no-hybrid-teacher, or this device's default); give --hybrid-teacher too")
     return dataclasses.replace(settings, hybrid_teacher=teacher, teacher_hard_negatives=hard)
 
 
